@@ -1,0 +1,237 @@
+"""The coordinatewise LSTM and its ONE functional update rule.
+
+Andrychowicz et al. (2016): ``theta_{t+1} = theta_t + g_t`` with ``[g_t, h_{t+1}] = m(grad_t, h_t, phi)``, where
+``m`` is a small LSTM applied to every coordinate independently (a batch of coordinates is a batch of the LSTM),
+with its own hidden state per coordinate and one set of weights ``phi`` shared by all of them.
+
+Data flow of :meth:`CoordinatewiseLSTM.step`::
+
+    grad (N,) -> input features (N, F) -> LSTM layer 1 -> ... -> LSTM layer L -> output head -> update (N,)
+
+The same function serves ``LSTMOptimizer.step()`` (under ``torch.no_grad``, state written back in place) and the
+meta-trainer's differentiable unroll (autograd on, state carried as plain tensors).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+State = dict[str, Tensor]
+
+PREPROCESSINGS = ("log_sign", "scale_free")
+OUTPUTS = ("linear", "direction_magnitude")
+MAX_HIDDEN_SIZE = 1024
+MAX_LAYERS = 8
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Shape and behaviour of a :class:`CoordinatewiseLSTM`; written to ``config.json``.
+
+    - ``hidden_size``, ``num_layers``: the paper's 2 layers of 20 units.
+    - ``preprocessing``: ``"log_sign"`` is the paper's Appendix A, ``(log|g|/p, sign g)`` if ``|g| >= e^-p`` else
+      ``(-1, e^p g)``, with ``p``. ``"scale_free"`` feeds the gradient and its momenta at ``betas`` divided by the
+      root of an EMA of ``g^2`` (decay ``beta_v``), clipped to ``+-feature_clip``: invariant to the loss's scale.
+    - ``output``: ``"linear"`` is the paper's ``head(h) * output_scale``. The default scale 0.1 is the one of the
+      paper's released code: with ``|h| < 1`` a freshly initialised network moves each coordinate by at most a
+      few tenths, so early meta-training neither stalls nor blows up.
+      ``"direction_magnitude"`` reads ``[h, features]`` and returns
+      ``direction * exp(B tanh(s / B)) * output_scale`` with ``B = magnitude_bound`` (Metz et al. 2020): the step
+      size spans ``output_scale * e^{+-B}`` and cannot blow up.
+    """
+
+    hidden_size: int = 20
+    num_layers: int = 2
+    preprocessing: str = "log_sign"
+    p: float = 10.0
+    betas: tuple[float, ...] = (0.5, 0.9, 0.99)
+    beta_v: float = 0.99
+    feature_clip: float = 10.0
+    output: str = "linear"
+    output_scale: float = 0.1
+    magnitude_bound: float = 7.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "float": (int, float), "str": str}.get(str(f.type))
+            if expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+                raise ValueError(f"config field {f.name!r} must be {f.type}, found {value!r}")
+        if not 1 <= self.hidden_size <= MAX_HIDDEN_SIZE:
+            raise ValueError(f"config field 'hidden_size' must be in 1..{MAX_HIDDEN_SIZE}, found {self.hidden_size}")
+        if not 1 <= self.num_layers <= MAX_LAYERS:
+            raise ValueError(f"config field 'num_layers' must be in 1..{MAX_LAYERS}, found {self.num_layers}")
+        if self.preprocessing not in PREPROCESSINGS:
+            raise ValueError(f"config field 'preprocessing' must be one of {PREPROCESSINGS}, found {self.preprocessing!r}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"config field 'output' must be one of {OUTPUTS}, found {self.output!r}")
+        if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in (*self.betas, self.beta_v)) or not self.betas:
+            raise ValueError(f"config fields 'betas' and 'beta_v' must lie in [0, 1), found {self.betas}, {self.beta_v}")
+        for name in ("p", "feature_clip", "output_scale", "magnitude_bound"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"config field {name!r} must be finite and > 0, found {value!r}")
+
+    @property
+    def num_features(self) -> int:
+        return 2 if self.preprocessing == "log_sign" else 1 + len(self.betas)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:
+        """Build from a ``config.json`` dict; unknown and missing fields are errors (nothing is guessed)."""
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        if unknown or missing:
+            raise ValueError(f"config has unknown fields {unknown} and is missing fields {missing}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+
+def state_names(config: NetworkConfig) -> tuple[str, ...]:
+    """The per-coordinate state tensors the rule carries, in a fixed order."""
+    lstm = tuple(f"{k}{layer}" for layer in range(config.num_layers) for k in ("h", "c"))
+    if config.preprocessing == "scale_free":
+        return lstm + tuple(f"m{i}" for i in range(len(config.betas))) + ("v",)
+    return lstm
+
+
+class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_lstm_optim",
+                         tags=["learned-optimizer", "learning-to-learn"]):
+    """A stack of LSTM cells shared by every coordinate, plus a linear output head.
+
+    Weights: ``layers.{l}.weight`` of shape ``(4H, in_l + H)`` (input and recurrent matrices fused into one
+    matmul, gate order i, f, g, o), ``layers.{l}.bias`` ``(4H,)``, and ``head.weight``/``head.bias``.
+    """
+
+    def __init__(self, config: NetworkConfig | dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if config is None:
+            config = NetworkConfig()
+        elif isinstance(config, dict):
+            config = NetworkConfig.from_dict(config)
+        self.config = config
+        h = config.hidden_size
+        sizes = [config.num_features] + [h] * (config.num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n + h, 4 * h) for n in sizes)
+        skip = config.num_features if config.output == "direction_magnitude" else 0
+        self.head = nn.Linear(h + skip, 1 if config.output == "linear" else 2)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's LSTM initialisation, a forget-gate bias of 1, and a head that starts as a sound rule.
+
+        For ``direction_magnitude`` the head starts at ``-(m_0.9 / rms) * output_scale`` (Adam's step direction,
+        ignoring ``h``), so meta-training begins from a working optimizer; for ``linear`` it starts small.
+        """
+        h = self.config.hidden_size
+        bound = 1 / math.sqrt(h)
+        with torch.no_grad():
+            for layer in self.layers:
+                nn.init.uniform_(layer.weight, -bound, bound)
+                nn.init.uniform_(layer.bias, -bound, bound)
+                layer.bias[h:2 * h] += 1.0
+            if self.config.output == "linear":
+                nn.init.uniform_(self.head.weight, -bound, bound)
+                self.head.bias.zero_()
+            else:
+                self.head.weight.zero_()
+                self.head.bias.zero_()
+                betas = self.config.betas
+                momentum = min(range(len(betas)), key=lambda i: abs(betas[i] - 0.9))
+                self.head.weight[0, h + 1 + momentum] = -1.0
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from safetensors.torch import save_model
+
+        save_model(self, str(Path(save_directory) / "model.safetensors"))
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Any:
+        """Write ``config.json`` + ``model.safetensors`` (``huggingface_hub``'s mixin does the work)."""
+        kwargs.setdefault("config", self.config.to_dict())
+        return super().save_pretrained(save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, weights: str | Path, *, revision: str | None = None,
+                        **hub_kwargs: Any) -> CoordinatewiseLSTM:
+        """Load a bundled name, a local folder or a hub repo id, validated (see :mod:`torch_lstm_optim.weights`).
+
+        Overrides the mixin's loader, which would accept pickles and silently ignore unknown config fields.
+        """
+        from .weights import load_network
+
+        return load_network(weights, revision=revision, **hub_kwargs)
+
+    def init_state(self, grad: Tensor, dtype: torch.dtype = torch.float32) -> State:
+        """Fresh per-coordinate state for a flat gradient ``grad`` of N coordinates.
+
+        Hidden and cell states start at zero; momenta and the EMA of ``g^2`` start at the first gradient (an EMA
+        started at its first value needs no bias correction, so the rule needs no step count).
+        """
+        n, h = grad.numel(), self.config.hidden_size
+        state = {name: grad.new_zeros(n, h, dtype=dtype) for name in state_names(self.config)[:2 * self.config.num_layers]}
+        if self.config.preprocessing == "scale_free":
+            g = _bounded(grad.to(dtype))
+            state.update({f"m{i}": g.clone() for i in range(len(self.config.betas))})
+            state["v"] = g * g
+        return state
+
+    def features(self, grad: Tensor, state: State) -> tuple[Tensor, State]:
+        """Input features ``(N, F)`` of a flat gradient, and the updated feature accumulators (if any)."""
+        cfg = self.config
+        if cfg.preprocessing == "log_sign":
+            magnitude = grad.abs()
+            big = magnitude >= math.exp(-cfg.p)
+            log_part = torch.where(big, magnitude.clamp_min(math.exp(-cfg.p)).log() / cfg.p, -1.0)
+            sign_part = torch.where(big, grad.sign(), grad * math.exp(cfg.p))
+            return torch.stack([log_part, sign_part], 1), {}
+        g = _bounded(grad)
+        acc = {f"m{i}": torch.lerp(state[f"m{i}"], g, 1 - b) for i, b in enumerate(cfg.betas)}
+        acc["v"] = torch.lerp(state["v"], g * g, 1 - cfg.beta_v)
+        rms = (acc["v"] + 1e-30).sqrt()
+        x = torch.stack([g] + [acc[f"m{i}"] for i in range(len(cfg.betas))], 1) / rms.unsqueeze(1)
+        return x.clamp(-cfg.feature_clip, cfg.feature_clip), acc
+
+    def step(self, grad: Tensor, state: State) -> tuple[Tensor, State]:
+        """The update rule: ``update, new_state = net.step(grad, state)`` for a 1-D batch of N coordinates.
+
+        Pure: returns new tensors and never writes into ``state``, so it runs under autograd (meta-training)
+        and under ``torch.no_grad`` (the optimizer, which copies ``new_state`` back into its buffers).
+        """
+        dtype = self.layers[0].weight.dtype
+        state = {k: v.to(dtype) for k, v in state.items()}
+        x, new_state = self.features(grad.to(dtype), state)
+        hidden = x
+        hs = self.config.hidden_size
+        for layer_index, layer in enumerate(self.layers):
+            h, c = state[f"h{layer_index}"], state[f"c{layer_index}"]
+            gates = torch.addmm(layer.bias, torch.cat([hidden, h], 1), layer.weight.t())
+            i, f, g, o = gates.split(hs, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            hidden = torch.sigmoid(o) * torch.tanh(c)
+            new_state[f"h{layer_index}"], new_state[f"c{layer_index}"] = hidden, c
+        return self._output(hidden, x), new_state
+
+    def _output(self, hidden: Tensor, x: Tensor) -> Tensor:
+        cfg = self.config
+        if cfg.output == "linear":
+            return self.head(hidden).squeeze(1) * cfg.output_scale
+        direction, s = self.head(torch.cat([hidden, x], 1)).unbind(1)
+        bound = cfg.magnitude_bound
+        return direction * torch.exp(bound * torch.tanh(s / bound)) * cfg.output_scale
+
+
+def _bounded(grad: Tensor) -> Tensor:
+    """Clamp so that ``g^2`` stays finite in float32 (the features are ratios, so this changes nothing else)."""
+    return grad.clamp(-1e18, 1e18)
