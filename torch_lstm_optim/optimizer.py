@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -172,9 +172,15 @@ class LSTMOptimizer(Optimizer):
         self.nonfinite_count += count
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's optimizer state dict plus ``"network"``: the config of the network the state belongs to."""
+        """torch's optimizer state dict plus ``"network"``: the config and source of the network the state belongs to.
+
+        ``source`` (weights name, folder and hub commit hash; ``None`` for a network built in code) traces a run to
+        the exact weights. Only the config is checked on load, so the same weights loaded from elsewhere fit.
+        """
         state_dict = super().state_dict()
-        state_dict["network"] = {"config": self.network.config.to_dict(), "state_dtype": str(self.state_dtype)}
+        source = getattr(self.network, "source", None)
+        state_dict["network"] = {"config": self.network.config.to_dict(), "state_dtype": str(self.state_dtype),
+                                 "source": None if source is None else asdict(source)}
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
