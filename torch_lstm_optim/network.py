@@ -38,7 +38,10 @@ class NetworkConfig:
     - ``hidden_size``, ``num_layers``: the paper's 2 layers of 20 units.
     - ``preprocessing``: ``"log_sign"`` is the paper's Appendix A, ``(log|g|/p, sign g)`` if ``|g| >= e^-p`` else
       ``(-1, e^p g)``, with ``p``. ``"scale_free"`` feeds the gradient and its momenta at ``betas`` divided by the
-      root of an EMA of ``g^2`` (decay ``beta_v``), clipped to ``+-feature_clip``: invariant to the loss's scale.
+      root of an EMA of ``g^2`` (decay ``beta_v``), all bias-corrected as in Adam (the step count ``t`` is
+      per-coordinate state, so coordinates that joined late are corrected right), clipped to ``+-feature_clip``: invariant to the loss's scale.
+      ``log_rms_feature`` adds ``log`` of that root: the rule may then scale its step with the gradient's size
+      (the linear head can express both Adam, weight 0, and momentum SGD, weight 1), at the price of scale-freedom.
     - ``output``: ``"linear"`` is the paper's ``head(h) * output_scale``. The default scale 0.1 is the one of the
       paper's released code: with ``|h| < 1`` a freshly initialised network moves each coordinate by at most a
       few tenths, so early meta-training neither stalls nor blows up.
@@ -52,18 +55,21 @@ class NetworkConfig:
     preprocessing: str = "log_sign"
     p: float = 10.0
     betas: tuple[float, ...] = (0.5, 0.9, 0.99)
-    beta_v: float = 0.99
+    beta_v: float = 0.999
     feature_clip: float = 10.0
+    log_rms_feature: bool = False
     output: str = "linear"
     output_scale: float = 0.1
     magnitude_bound: float = 7.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.betas, (list, tuple)):
+            raise ValueError(f"config field 'betas' must be a list of floats, found {self.betas!r}")
         object.__setattr__(self, "betas", tuple(self.betas))
         for f in fields(self):
             value = getattr(self, f.name)
-            expected = {"int": int, "float": (int, float), "str": str}.get(str(f.type))
-            if expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            expected = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(str(f.type))
+            if expected is not None and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
                 raise ValueError(f"config field {f.name!r} must be {f.type}, found {value!r}")
         if not 1 <= self.hidden_size <= MAX_HIDDEN_SIZE:
             raise ValueError(f"config field 'hidden_size' must be in 1..{MAX_HIDDEN_SIZE}, found {self.hidden_size}")
@@ -73,8 +79,10 @@ class NetworkConfig:
             raise ValueError(f"config field 'preprocessing' must be one of {PREPROCESSINGS}, found {self.preprocessing!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"config field 'output' must be one of {OUTPUTS}, found {self.output!r}")
-        if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in (*self.betas, self.beta_v)) or not self.betas:
-            raise ValueError(f"config fields 'betas' and 'beta_v' must lie in [0, 1), found {self.betas}, {self.beta_v}")
+        if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas) or not self.betas \
+                or not 0 < self.beta_v < 1:
+            raise ValueError(f"config fields 'betas' must lie in [0, 1) and 'beta_v' in (0, 1), "
+                             f"found {self.betas}, {self.beta_v}")
         for name in ("p", "feature_clip", "output_scale", "magnitude_bound"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -82,7 +90,7 @@ class NetworkConfig:
 
     @property
     def num_features(self) -> int:
-        return 2 if self.preprocessing == "log_sign" else 1 + len(self.betas)
+        return 2 if self.preprocessing == "log_sign" else 1 + len(self.betas) + self.log_rms_feature
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:
@@ -103,7 +111,7 @@ def state_names(config: NetworkConfig) -> tuple[str, ...]:
     """The per-coordinate state tensors the rule carries, in a fixed order."""
     lstm = tuple(f"{k}{layer}" for layer in range(config.num_layers) for k in ("h", "c"))
     if config.preprocessing == "scale_free":
-        return lstm + tuple(f"m{i}" for i in range(len(config.betas))) + ("v",)
+        return lstm + tuple(f"m{i}" for i in range(len(config.betas))) + ("v", "t")
     return lstm
 
 
@@ -174,18 +182,10 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         return load_network(weights, revision=revision, **hub_kwargs)
 
     def init_state(self, grad: Tensor, dtype: torch.dtype = torch.float32) -> State:
-        """Fresh per-coordinate state for a flat gradient ``grad`` of N coordinates.
-
-        Hidden and cell states start at zero; momenta and the EMA of ``g^2`` start at the first gradient (an EMA
-        started at its first value needs no bias correction, so the rule needs no step count).
-        """
+        """Fresh (all-zero) per-coordinate state for a flat gradient ``grad`` of N coordinates."""
         n, h = grad.numel(), self.config.hidden_size
-        state = {name: grad.new_zeros(n, h, dtype=dtype) for name in state_names(self.config)[:2 * self.config.num_layers]}
-        if self.config.preprocessing == "scale_free":
-            g = _bounded(grad.to(dtype))
-            state.update({f"m{i}": g.clone() for i in range(len(self.config.betas))})
-            state["v"] = g * g
-        return state
+        return {name: grad.new_zeros((n, h) if name[0] in "hc" else (n,), dtype=dtype)
+                for name in state_names(self.config)}
 
     def features(self, grad: Tensor, state: State) -> tuple[Tensor, State]:
         """Input features ``(N, F)`` of a flat gradient, and the updated feature accumulators (if any)."""
@@ -199,9 +199,15 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         g = _bounded(grad)
         acc = {f"m{i}": torch.lerp(state[f"m{i}"], g, 1 - b) for i, b in enumerate(cfg.betas)}
         acc["v"] = torch.lerp(state["v"], g * g, 1 - cfg.beta_v)
-        rms = (acc["v"] + 1e-30).sqrt()
-        x = torch.stack([g] + [acc[f"m{i}"] for i in range(len(cfg.betas))], 1) / rms.unsqueeze(1)
-        return x.clamp(-cfg.feature_clip, cfg.feature_clip), acc
+        acc["t"] = t = state["t"] + 1
+        rms = (acc["v"] / -torch.expm1(t * math.log(cfg.beta_v)) + 1e-30).sqrt()
+        momenta = [acc[f"m{i}"] / -torch.expm1(t * math.log(b)) if b > 0 else acc[f"m{i}"]
+                   for i, b in enumerate(cfg.betas)]
+        x = torch.stack([g] + momenta, 1) / rms.unsqueeze(1)
+        x = x.clamp(-cfg.feature_clip, cfg.feature_clip)
+        if cfg.log_rms_feature:
+            x = torch.cat([x, rms.log().unsqueeze(1)], 1)
+        return x, acc
 
     def step(self, grad: Tensor, state: State) -> tuple[Tensor, State]:
         """The update rule: ``update, new_state = net.step(grad, state)`` for a 1-D batch of N coordinates.

@@ -63,7 +63,7 @@ class LSTMOptimizer(Optimizer):
                  revision: str | None = None) -> None:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr >= 0:
             raise ValueError(f"Invalid learning rate: {lr!r} (must be a number >= 0)")
-        if not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+        if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or not weight_decay >= 0:
             raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be a number >= 0)")
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise ValueError(f"Invalid chunk_size: {chunk_size!r} (must be a positive int)")
@@ -75,7 +75,6 @@ class LSTMOptimizer(Optimizer):
             self.network = weights
         else:
             self.network = load_network(weights, revision=revision)
-        self.network.requires_grad_(False)
         self.chunk_size = chunk_size
         self.state_dtype = state_dtype
         self.nonfinite = nonfinite

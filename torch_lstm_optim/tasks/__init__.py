@@ -1,0 +1,38 @@
+"""Optimizee families. Built-in ones by name; a user's by ``"package.module:factory"``.
+
+Both go through :func:`make_task`, so a user's task works everywhere a built-in one does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from .base import Params, Problem, Task, TaskError, check_task, module_problem, step_generator
+from .mnist import MnistMLP
+from .quadratic import Quadratic
+
+TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": MnistMLP}
+
+__all__ = ["Params", "Problem", "TASKS", "Task", "TaskError", "check_task", "make_task", "module_problem",
+           "step_generator"]
+
+
+def make_task(name: str, **options: Any) -> Task:
+    """Build a task from a registered name or ``"package.module:factory"``, with ``options`` as keyword args."""
+    if name in TASKS:
+        factory = TASKS[name]
+    elif ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as error:
+            raise TaskError(f"task {name!r}: cannot import {attr!r} from {module_name!r} ({error})") from None
+    else:
+        raise TaskError(f"unknown task {name!r}: use one of {sorted(TASKS)} or 'package.module:factory'")
+    try:
+        task = factory(**options)
+    except TypeError as error:
+        raise TaskError(f"task {name!r}: bad options {options} ({error})") from None
+    return check_task(task, name)

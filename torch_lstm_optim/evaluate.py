@@ -1,0 +1,216 @@
+"""Evaluation: the learned optimizer against the paper's baselines, each with a tuned learning rate.
+
+``python -m torch_lstm_optim.evaluate --task mnist-mlp --weights mnist-mlp --out results/mnist-mlp``
+
+Every optimizer runs on the same held-out problems (``test`` split) with the same minibatches. Each baseline's
+learning rate is the best of ``LR_GRID`` by mean final loss on separate tuning problems (``val`` split); the
+learned optimizer runs untuned at ``lr=1``. Writes ``results.json`` and a plot like the paper's Figure 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .network import CoordinatewiseLSTM
+from .optimizer import LSTMOptimizer
+from .tasks import Problem, Task, make_task
+from .weights import load_network
+
+OptimizerFactory = Callable[[list[Tensor], float], torch.optim.Optimizer]
+BASELINES: dict[str, OptimizerFactory] = {
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+    "nag": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True),
+    "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+}
+LR_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 3))  # 1e-4 ... 10, half-decade steps
+
+
+@dataclass
+class Run:
+    """One optimisation run: ``curve[t]`` is ``f(theta_t)`` on minibatch ``t``; ``final`` the reporting loss."""
+
+    curve: list[float]
+    final: float
+    seconds: float
+
+
+def run_optimizer(problem: Problem, make: Callable[[list[Tensor]], torch.optim.Optimizer], steps: int) -> Run:
+    """Optimise a fresh copy of ``problem``'s parameters for ``steps`` steps (a diverged run ends at ``inf``)."""
+    params = {k: v.detach().clone().requires_grad_() for k, v in problem.params.items()}
+    optimizer = make(list(params.values()))
+    curve: list[float] = []
+    start = time.perf_counter()
+    for t in range(steps + 1):
+        loss = problem.loss(params, t)
+        curve.append(float(loss))
+        if not math.isfinite(curve[-1]):
+            curve += [math.inf] * (steps - t)
+            return Run(curve, math.inf, time.perf_counter() - start)
+        if t == steps:
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        final = float(problem.final_loss(params))
+    return Run(curve, final if math.isfinite(final) else math.inf, seconds)
+
+
+def run_many(task: Task, seeds: Iterable[int], split: str, make: Callable[[list[Tensor]], torch.optim.Optimizer],
+             steps: int) -> list[Run]:
+    return [run_optimizer(task.sample(seed, split), make, steps) for seed in seeds]
+
+
+def tune_lr(task: Task, factory: OptimizerFactory, steps: int, seeds: Iterable[int],
+            grid: Iterable[float] = LR_GRID) -> tuple[float, dict[float, float]]:
+    """The grid learning rate with the lowest mean final loss on ``val`` problems; and every lr's score."""
+    seeds = list(seeds)
+    scores = {lr: _mean([r.final for r in run_many(task, seeds, "val", lambda p, lr=lr: factory(p, lr), steps)])
+              for lr in grid}
+    return min(scores, key=scores.get), scores
+
+
+def summarise(runs: list[Run]) -> dict[str, Any]:
+    """Mean and standard error of the final loss and of the curve over runs; count of diverged runs."""
+    finals = [r.final for r in runs]
+    curves = torch.tensor([r.curve for r in runs], dtype=torch.float64)
+    n = len(runs)
+    se = (lambda x: (x.std(0) / math.sqrt(n)) if n > 1 else torch.zeros_like(x[0]))
+    return {"final_mean": _mean(finals), "final_se": float(se(torch.tensor(finals, dtype=torch.float64))),
+            "curve_mean": curves.mean(0).tolist(), "curve_se": se(curves).tolist(),
+            "diverged": sum(not math.isfinite(f) for f in finals), "seconds_per_run": _mean([r.seconds for r in runs])}
+
+
+def evaluate(task: Task, network: CoordinatewiseLSTM, steps: int = 100, runs: int = 20, tune_runs: int = 5,
+             baselines: Iterable[str] = tuple(BASELINES), grid: Iterable[float] = LR_GRID,
+             lrs: dict[str, float] | None = None) -> dict[str, Any]:
+    """Learned optimizer vs tuned baselines on ``runs`` test problems; returns a JSON-able result dict.
+
+    ``lrs`` fixes baseline learning rates instead of tuning them (e.g. to reuse a tuning).
+    """
+    seeds = range(runs)
+    results: dict[str, Any] = {"learned": {"lr": 1.0, **summarise(
+        run_many(task, seeds, "test", lambda p: LSTMOptimizer(p, weights=network), steps))}}
+    for name in baselines:
+        factory = BASELINES[name]
+        if lrs and name in lrs:
+            lr, scores = lrs[name], {}
+        else:
+            lr, scores = tune_lr(task, factory, steps, range(tune_runs), grid)
+        results[name] = {"lr": lr, "tuning_scores": {str(k): v for k, v in scores.items()},
+                         **summarise(run_many(task, seeds, "test", lambda p: factory(p, lr), steps))}
+    best = min(BASELINES.keys() & results.keys(), key=lambda k: results[k]["final_mean"])
+    learned = results["learned"]
+    return {"task": task.name, "steps": steps, "runs": runs, "tune_runs": tune_runs, "lr_grid": list(grid),
+            "optimizers": results, "best_baseline": best,
+            "ratio_to_best": learned["final_mean"] / results[best]["final_mean"],
+            "beats_best_by_se": learned["final_mean"] + learned["final_se"]
+            < results[best]["final_mean"] - results[best]["final_se"]}
+
+
+def table(result: dict[str, Any]) -> str:
+    """A markdown table of final losses, learned first."""
+    lines = [f"| optimizer | lr | mean loss at step {result['steps']} (± s.e., {result['runs']} runs) | diverged |",
+             "|---|---|---|---|"]
+    for name, r in result["optimizers"].items():
+        lines.append(f"| {name} | {r['lr']:.3g} | {r['final_mean']:.4f} ± {r['final_se']:.4f} | {r['diverged']} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Log-scale loss against steps: learned solid, baselines dashed (the paper's Figure 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, r in result["optimizers"].items():
+        mean = torch.tensor(r["curve_mean"])
+        se = torch.tensor(r["curve_se"])
+        steps = range(len(mean))
+        style = "-" if name == "learned" else "--"
+        ax.plot(steps, mean, style, label=f"{name} (lr {r['lr']:.3g})" if name != "learned" else "LSTM (learned)")
+        ax.fill_between(steps, (mean - se).clamp_min(1e-12), mean + se, alpha=0.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(result["task"])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _mean(values: list[float]) -> float:
+    return math.inf if any(not math.isfinite(v) for v in values) else sum(values) / len(values)
+
+
+def parse_task_args(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict, values read as Python literals where they parse (``hidden=(40,40)``)."""
+    import ast
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--task-arg expects key=value, found {item!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m torch_lstm_optim.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="mnist-mlp", help="task name or package.module:factory")
+    parser.add_argument("--task-arg", action="append", default=[], help="task option key=value (repeatable)")
+    parser.add_argument("--data-dir", default=None, help="data folder for tasks with data (e.g. ../shared/data)")
+    parser.add_argument("--weights", default=None, help="bundled name, folder or hub id (default: the default)")
+    parser.add_argument("--steps", type=int, default=100, help="optimisation steps per run")
+    parser.add_argument("--runs", type=int, default=20, help="test problems per optimizer")
+    parser.add_argument("--tune-runs", type=int, default=5, help="val problems per learning rate when tuning")
+    parser.add_argument("--out", required=True, help="output folder for results.json and the plot")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    options = parse_task_args(args.task_arg)
+    if args.data_dir is not None:
+        options["data_dir"] = args.data_dir
+    task = make_task(args.task, **options)
+    network = load_network(args.weights)
+    start = time.time()
+    result = evaluate(task, network, args.steps, args.runs, args.tune_runs)
+    result.update(weights=str(args.weights or "default"), task_options=options, wall_seconds=time.time() - start,
+                  machine=machine_description(), command="python -m torch_lstm_optim.evaluate " + " ".join(
+                      argv if argv is not None else __import__("sys").argv[1:]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / f"{task.name}.png")
+    print(table(result))
+    print(f"ratio to best tuned baseline ({result['best_baseline']}): {result['ratio_to_best']:.3f}; "
+          f"wall time {result['wall_seconds']:.0f} s")
+
+
+def machine_description() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.processor() or platform.system()}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Meta-training: fit a :class:`CoordinatewiseLSTM` by unrolling the optimisation of sampled problems.
+
+``python -m torch_lstm_optim.meta_train --task quadratic --out runs/quadratic``
+
+Each meta-iteration samples ``meta_batch`` problems, optimises them for ``horizon`` steps with the network, and
+after every ``truncation`` steps back-propagates the meta-objective of those steps into the network (Adam,
+meta-gradient clipping), then detaches parameters and state (truncated BPTT, Andrychowicz et al. 2016). Every
+``eval_every`` iterations the network runs on fixed validation problems and the best weights are kept (early
+stopping). Checkpoints are written atomically; ``--resume`` continues from the last one, and Ctrl-C saves one.
+The output folder holds ``config.json`` + ``model.safetensors`` (the best weights), a model card ``README.md``,
+``log.jsonl`` and ``checkpoint.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .evaluate import machine_description, parse_task_args
+from .network import CoordinatewiseLSTM, NetworkConfig
+from .tasks import Task, make_task
+from .unroll import Unroll, advance, meta_loss
+from .weights import load_network
+
+
+@dataclass
+class MetaTrainConfig:
+    """What to train on and how; every field is a command-line flag (``--meta-batch`` for ``meta_batch``)."""
+
+    task: str = field(default="quadratic", metadata={"help": "task name or package.module:factory"})
+    task_arg: list[str] = field(default_factory=list, metadata={"help": "task option key=value (repeatable)"})
+    data_dir: str = field(default="data", metadata={"help": "data folder for tasks with data (MNIST under it)"})
+    horizon: int = field(default=100, metadata={"help": "optimisation steps per problem (T)"})
+    truncation: int = field(default=20, metadata={"help": "steps per truncated-BPTT meta-update"})
+    meta_batch: int = field(default=8, metadata={"help": "problems optimised in parallel per meta-iteration"})
+    meta_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the meta-optimizer"})
+    iterations: int = field(default=300, metadata={"help": "meta-iterations (each a full horizon)"})
+    clip: float = field(default=1.0, metadata={"help": "meta-gradient norm clipping"})
+    objective: str = field(default="sum", metadata={"help": "meta-objective: 'sum' (paper) or 'log' (mean log loss)"})
+    seed: int = field(default=0, metadata={"help": "seed of the network's init and of the problems sampled"})
+    eval_every: int = field(default=10, metadata={"help": "iterations between validations"})
+    val_problems: int = field(default=16, metadata={"help": "validation problems (val split)"})
+    out: str = field(default="runs/meta", metadata={"help": "output folder"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoint.pt"})
+    init_weights: str | None = field(default=None, metadata={"help": "start from these weights (name/folder/hub)"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    max_nonfinite: int = field(default=20, metadata={"help": "stop after this many non-finite episodes in a row"})
+    push_to_hub: str | None = field(default=None, metadata={"help": "publish the result to this hub repo id"})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkConfig]:
+    """Flags map one-to-one onto the fields of :class:`MetaTrainConfig` and :class:`NetworkConfig`."""
+    parser = argparse.ArgumentParser(prog="python -m torch_lstm_optim.meta_train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for cls, title in ((MetaTrainConfig, "meta-training"), (NetworkConfig, "network (ignored with --init-weights)")):
+        group = parser.add_argument_group(title)
+        for f in fields(cls):
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f.metadata.get("help", f"see NetworkConfig.{f.name}") + f" (default: {default})"
+            if f.type == "bool":
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            elif f.name == "task_arg":
+                group.add_argument(flag, action="append", default=default, help=help_text)
+            elif f.name == "betas":
+                group.add_argument(flag, type=float, nargs="+", default=default, help=help_text)
+            else:
+                kind = {"int": int, "float": float}.get(str(f.type), str)
+                group.add_argument(flag, type=kind, default=default, help=help_text)
+    args = vars(parser.parse_args(argv))
+    config = MetaTrainConfig(**{f.name: args[f.name] for f in fields(MetaTrainConfig)})
+    try:
+        network = NetworkConfig(**{f.name: args[f.name] for f in fields(NetworkConfig)})
+    except ValueError as error:
+        parser.error(str(error))
+    for name in ("horizon", "truncation", "meta_batch", "iterations", "eval_every", "val_problems", "threads"):
+        if getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, found {getattr(config, name)}")
+    if config.horizon % config.truncation:
+        parser.error(f"--horizon ({config.horizon}) must be a multiple of --truncation ({config.truncation})")
+    if config.objective not in ("sum", "log"):
+        parser.error(f"--objective must be 'sum' or 'log', found {config.objective!r}")
+    return config, network
+
+
+def build_task(config: MetaTrainConfig) -> Task:
+    options = parse_task_args(config.task_arg)
+    if config.task == "mnist-mlp" or "data_dir" in getattr(make_task, "__annotations__", {}):
+        options.setdefault("data_dir", config.data_dir)
+    return make_task(config.task, **options)
+
+
+def validate(network: CoordinatewiseLSTM, task: Task, config: MetaTrainConfig) -> float:
+    """Mean final loss of the network on the fixed validation problems (no meta-gradient)."""
+    run = Unroll.start([task.sample(seed, "val") for seed in range(config.val_problems)])
+    with torch.no_grad():
+        advance(network, run, config.horizon)
+        finals = run.final_losses()
+    return float(finals.mean()) if torch.isfinite(finals).all() else math.inf
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, then rename: a kill never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_weights(network: CoordinatewiseLSTM, out: Path) -> None:
+    """Write ``config.json`` + ``model.safetensors`` into ``out`` through a temporary folder, file by file atomically."""
+    tmp = out / ".weights.tmp"
+    network.save_pretrained(tmp)
+    for name in ("config.json", "model.safetensors"):
+        os.replace(tmp / name, out / name)
+    for leftover in tmp.iterdir():
+        leftover.unlink()
+    tmp.rmdir()
+
+
+def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) -> dict[str, Any]:
+    """Run (or resume) meta-training; returns a summary (also written into the model card)."""
+    torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = build_task(config)
+    torch.manual_seed(config.seed)
+    network = load_network(config.init_weights) if config.init_weights else CoordinatewiseLSTM(network_config)
+    network.train()
+    meta_optimizer = torch.optim.Adam(network.parameters(), lr=config.meta_lr)
+    progress = {"iteration": 0, "meta_updates": 0, "skipped": 0, "in_a_row": 0, "best_val": math.inf,
+                "best_iteration": -1, "elapsed": 0.0}
+    checkpoint_path = out / "checkpoint.pt"
+    if config.resume and checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, weights_only=True)
+        network.load_state_dict(checkpoint["network"])
+        meta_optimizer.load_state_dict(checkpoint["meta_optimizer"])
+        progress = checkpoint["progress"]
+
+    def save_checkpoint() -> None:
+        atomic_save({"network": network.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
+                     "progress": progress, "config": asdict(config), "network_config": network.config.to_dict()},
+                    checkpoint_path)
+
+    from tqdm import tqdm
+
+    log = open(out / "log.jsonl", "a", encoding="utf-8")
+    bar = tqdm(range(progress["iteration"], config.iterations), initial=progress["iteration"],
+               total=config.iterations, desc="meta-train", dynamic_ncols=True)
+    started = time.time() - progress["elapsed"]
+    try:
+        for iteration in bar:
+            seeds = [config.seed * 10_000_019 + iteration * config.meta_batch + b for b in range(config.meta_batch)]
+            run = Unroll.start([task.sample(s, "train") for s in seeds])
+            episode = []
+            for _ in range(config.horizon // config.truncation):
+                loss = meta_loss(advance(network, run, config.truncation), config.objective)
+                if not torch.isfinite(loss):
+                    break
+                meta_optimizer.zero_grad()
+                loss.backward()
+                grads_ok = all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
+                if not grads_ok:
+                    break
+                torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip)
+                meta_optimizer.step()
+                progress["meta_updates"] += 1
+                episode.append(float(loss))
+                run.detach()
+            else:
+                progress["in_a_row"] = 0
+            if len(episode) < config.horizon // config.truncation:
+                progress["skipped"] += 1
+                progress["in_a_row"] += 1
+                if progress["in_a_row"] >= config.max_nonfinite:
+                    raise RuntimeError(f"{config.max_nonfinite} meta-iterations in a row had a non-finite "
+                                       f"meta-loss; stopped. The best weights so far are in {out}")
+            progress["iteration"] = iteration + 1
+            progress["elapsed"] = time.time() - started
+            record = {"iteration": iteration + 1, "meta_loss": sum(episode) / max(len(episode), 1),
+                      "elapsed": round(progress["elapsed"], 1), "skipped": progress["skipped"]}
+            if (iteration + 1) % config.eval_every == 0 or iteration + 1 == config.iterations:
+                network.eval()
+                record["val"] = validate(network, task, config)
+                network.train()
+                if record["val"] < progress["best_val"]:
+                    progress["best_val"], progress["best_iteration"] = record["val"], iteration + 1
+                    save_weights(network, out)
+                bar.set_postfix(meta=f"{record['meta_loss']:.3g}", val=f"{record['val']:.4g}",
+                                best=f"{progress['best_val']:.4g}")
+                save_checkpoint()
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        print(f"\ninterrupted: checkpoint saved to {checkpoint_path}; continue with --resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        log.close()
+    summary = {**progress, "command": command, "config": asdict(config), "machine": machine_description(),
+               "wall_seconds": round(progress["elapsed"], 1)}
+    write_card(out, summary)
+    return summary
+
+
+def write_card(out: Path, summary: dict[str, Any]) -> None:
+    """The model card: task, every flag, seed, data, wall time, machine; ``evaluate`` appends its table."""
+    config = summary["config"]
+    text = f"""---
+library_name: torch_lstm_optim
+tags: [learned-optimizer, learning-to-learn, pytorch]
+---
+# {Path(config['out']).name}: a coordinatewise LSTM optimizer meta-trained on `{config['task']}`
+
+Produced by the project's meta-trainer with:
+
+```
+{summary['command']}
+```
+
+- task: `{config['task']}` {config['task_arg'] or ''}; data: {'`' + config['data_dir'] + '`' if config['task'] != 'quadratic' else 'generated'}
+- seed {config['seed']}; {summary['iteration']} meta-iterations, {summary['meta_updates']} meta-updates, {summary['skipped']} skipped (non-finite)
+- best validation loss {summary['best_val']:.4f} at iteration {summary['best_iteration']} ({config['val_problems']} val problems, {config['horizon']} steps)
+- wall time {summary['wall_seconds'] / 60:.1f} min on {summary['machine']}
+
+Load it with `LSTMOptimizer(model.parameters(), weights="<this folder or name>")`.
+
+## Flags
+
+```json
+{json.dumps(config, indent=1)}
+```
+"""
+    (out / "README.md").write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, network_config = parse_args(argv)
+    command = "python -m torch_lstm_optim.meta_train " + shlex.join(argv if argv is not None else sys.argv[1:])
+    summary = train(config, network_config, command)
+    print(f"best validation loss {summary['best_val']:.4f} at iteration {summary['best_iteration']}; "
+          f"weights in {config.out}")
+    if config.push_to_hub:
+        from .hub import push_to_hub
+
+        push_to_hub(config.out, config.push_to_hub)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The paper's quadratics: ``f(theta) = ||W theta - y||^2`` with ``W`` (d x d), ``y`` and ``theta_0`` i.i.d. N(0, 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import SPLITS, Problem
+
+_SPLIT_OFFSET = {split: i * 10_000_000 for i, split in enumerate(SPLITS)}
+
+
+@dataclass
+class Quadratic:
+    """Random quadratics of dimension ``dim`` (10 in the paper). No data: splits only change the seeds."""
+
+    dim: int = 10
+    name: str = "quadratic"
+
+    def sample(self, seed: int, split: str = "train") -> Problem:
+        gen = torch.Generator().manual_seed(_SPLIT_OFFSET[split] + seed)
+        w = torch.randn(self.dim, self.dim, generator=gen)
+        y = torch.randn(self.dim, generator=gen)
+        theta = torch.randn(self.dim, generator=gen)
+
+        def loss(params: dict[str, torch.Tensor], step: int = 0) -> torch.Tensor:
+            return (w @ params["theta"] - y).square().sum()
+
+        return Problem(params={"theta": theta}, loss=loss)

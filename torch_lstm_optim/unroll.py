@@ -1,0 +1,90 @@
+"""The unrolled optimisation of a batch of problems by a network: truncated BPTT for meta-training, and plain
+runs for validation.
+
+Each step computes ``f(theta_t)`` on minibatch ``t``, its gradient (detached: the paper treats gradients as
+constants, so no second derivatives), and ``theta_{t+1} = theta_t + lr * m(grad_t)`` with the network's ONE rule
+:meth:`CoordinatewiseLSTM.step`. The coordinates of all problems go through the network as one batch. With autograd
+on, the returned losses are differentiable with respect to the network's weights; between truncations the caller
+calls :meth:`Unroll.detach`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .network import CoordinatewiseLSTM, State
+from .tasks import Params, Problem
+
+
+@dataclass
+class Unroll:
+    """Where a batch of problems stands: their parameters, the network's state for their coordinates, the step."""
+
+    problems: list[Problem]
+    params: list[Params]
+    state: State | None = None
+    step: int = 0
+
+    @classmethod
+    def start(cls, problems: list[Problem]) -> Unroll:
+        return cls(problems, [{k: v.detach().clone() for k, v in p.params.items()} for p in problems])
+
+    def detach(self) -> None:
+        """Cut the graph (end of a truncation): parameters and state become constants."""
+        self.params = [{k: v.detach() for k, v in p.items()} for p in self.params]
+        if self.state is not None:
+            self.state = {k: v.detach() for k, v in self.state.items()}
+
+    def losses(self) -> Tensor:
+        """``f(theta_t)`` of every problem on minibatch ``t``, shape ``(B,)``."""
+        return torch.stack([pb.loss(p, self.step) for pb, p in zip(self.problems, self.params)])
+
+    def final_losses(self) -> Tensor:
+        """The problems' reporting losses (``Problem.final_loss``) at the current parameters, shape ``(B,)``."""
+        with torch.no_grad():
+            return torch.stack([pb.final_loss(p) for pb, p in zip(self.problems, self.params)])
+
+
+def advance(network: CoordinatewiseLSTM, run: Unroll, steps: int, lr: float = 1.0) -> Tensor:
+    """Apply ``steps`` updates; return ``f(theta_t)`` for the ``steps`` new parameters, shape ``(steps, B)``.
+
+    Differentiable with respect to the network if autograd is enabled by the caller; under ``torch.no_grad`` it is
+    a plain optimisation run (the optimizee's gradients are still computed).
+    """
+    meta = torch.is_grad_enabled()
+    losses = []
+    for i in range(steps + 1):
+        with torch.enable_grad():
+            run.params = [{k: v if v.requires_grad else v.detach().requires_grad_() for k, v in p.items()}
+                          for p in run.params]
+            current = run.losses()
+            if i > 0:
+                losses.append(current if meta else current.detach())
+            if i == steps:
+                break
+            flat = [v for p in run.params for v in p.values()]
+            grads = torch.autograd.grad(current.sum(), flat, retain_graph=meta)
+        grad = torch.cat([g.reshape(-1) for g in grads])
+        if run.state is None:
+            run.state = network.init_state(grad)
+        update, run.state = network.step(grad, run.state)
+        pieces = iter(update.split([v.numel() for v in flat]))
+        run.params = [{k: v + lr * next(pieces).view_as(v) for k, v in p.items()} for p in run.params]
+        run.step += 1
+    return torch.stack(losses)
+
+
+def meta_loss(losses: Tensor, objective: str) -> Tensor:
+    """The meta-objective of a truncation's losses ``(steps, B)``.
+
+    ``"sum"``: the paper's ``sum_t w_t f(theta_t)`` with ``w_t = 1``, averaged over problems.
+    ``"log"``: the mean of ``log f`` - comparable across problems whose losses differ by orders of magnitude.
+    """
+    if objective == "sum":
+        return losses.sum(0).mean()
+    if objective == "log":
+        return losses.clamp_min(1e-30).log().mean()
+    raise ValueError(f"unknown meta-objective {objective!r}: use 'sum' or 'log'")
