@@ -1,0 +1,202 @@
+"""The network's ONE update rule: gradient features, and ``step`` as a pure function usable with and without autograd."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import make_network
+from torch_lstm_optim import CoordinatewiseLSTM, NetworkConfig
+from torch_lstm_optim.network import state_names
+
+P = 10.0
+THRESHOLD = math.exp(-P)
+
+
+def log_sign(grad: torch.Tensor, network: CoordinatewiseLSTM) -> torch.Tensor:
+    features, accumulators = network.features(grad, {})
+    assert accumulators == {}
+    return features
+
+
+def test_log_sign_matches_the_paper_on_both_sides_of_the_threshold(network: CoordinatewiseLSTM) -> None:
+    # float64 so the values right next to e^-p are representable.
+    at = torch.tensor(THRESHOLD, dtype=torch.float64)
+    below = torch.nextafter(at, torch.tensor(0.0, dtype=torch.float64))
+    above = torch.nextafter(at, torch.tensor(1.0, dtype=torch.float64))
+    grad = torch.stack([at, -at, above, below, -below, torch.tensor(0.5, dtype=torch.float64)])
+    features = log_sign(grad, network)
+    expected = torch.tensor([
+        [-1.0, 1.0],                                  # |g| = e^-p is on the log side: (log|g|/p, sign g)
+        [-1.0, -1.0],
+        [math.log(above.item()) / P, 1.0],
+        [-1.0, math.exp(P) * below.item()],           # |g| < e^-p: (-1, e^p g)
+        [-1.0, -math.exp(P) * below.item()],
+        [math.log(0.5) / P, 1.0],
+    ], dtype=torch.float64)
+    torch.testing.assert_close(features, expected, rtol=1e-12, atol=1e-12)
+    # Away from the threshold the two branches differ, so each side is seen to take its own branch.
+    features = log_sign(torch.tensor([0.5 * THRESHOLD, 2 * THRESHOLD], dtype=torch.float64), network)
+    torch.testing.assert_close(features, torch.tensor([[-1.0, 0.5], [-1 + math.log(2) / P, 1.0]], dtype=torch.float64))
+
+
+def test_log_sign_is_continuous_across_the_threshold(network: CoordinatewiseLSTM) -> None:
+    grad = THRESHOLD * torch.tensor([1 - 1e-9, 1.0, 1 + 1e-9], dtype=torch.float64)
+    features = log_sign(grad, network)
+    torch.testing.assert_close(features, torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64), rtol=0, atol=1e-8)
+
+
+def test_log_sign_of_zero_tiny_and_huge_values_is_finite(network: CoordinatewiseLSTM) -> None:
+    tiny = torch.finfo(torch.float32).tiny
+    subnormal = 1e-45
+    huge = torch.finfo(torch.float32).max
+    grad = torch.tensor([0.0, -0.0, subnormal, -tiny, 1e-30, 1e30, -huge], dtype=torch.float32)
+    features = log_sign(grad, network)
+    assert torch.isfinite(features).all()
+    assert features[0].tolist() == [-1.0, 0.0] and features[1].tolist() == [-1.0, 0.0]
+    assert features[2, 0] == -1.0 and 0 < features[2, 1] < 1e-30
+    assert features[3, 0] == -1.0 and -1e-30 < features[3, 1] < 0
+    torch.testing.assert_close(features[5], torch.tensor([math.log(1e30) / P, 1.0]))
+    torch.testing.assert_close(features[6], torch.tensor([math.log(huge) / P, -1.0]))
+
+
+def test_log_sign_uses_the_configured_p() -> None:
+    network = make_network(p=5.0)
+    features = log_sign(torch.tensor([math.exp(-6.0), math.exp(-4.0)], dtype=torch.float64), network)
+    torch.testing.assert_close(features, torch.tensor([[-1.0, math.exp(-1.0)], [-0.8, 1.0]], dtype=torch.float64))
+
+
+def test_scale_free_features_are_invariant_to_the_gradient_scale() -> None:
+    network = make_network(preprocessing="scale_free")
+    grads = [torch.randn(50) for _ in range(4)]
+    results = []
+    for scale in (1.0, 1e-6, 1e6):
+        state = network.init_state(grads[0] * scale)
+        features = []
+        for grad in grads:
+            x, accumulators = network.features(grad * scale, state)
+            state = {**state, **accumulators}
+            features.append(x)
+        results.append(torch.stack(features))
+    assert results[0].shape == (4, 50, 1 + len(network.config.betas))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[2], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_scale_free_features_are_clipped_and_finite_for_zero_and_huge_gradients() -> None:
+    network = make_network(preprocessing="scale_free", feature_clip=3.0)
+    # A long history of gradients of 1e-3, then a sudden jump: g / rms is far above the clip where it jumps.
+    state = {**network.init_state(torch.zeros(4)), "v": torch.full((4,), 1e-6), "t": torch.full((4,), 100.0)}
+    state.update({f"m{i}": torch.full((4,), 1e-3) for i in range(len(network.config.betas))})
+    x, accumulators = network.features(torch.tensor([0.0, 1e-3, 1e3, 1e30]), state)
+    assert torch.isfinite(x).all() and x.abs().max() == 3.0
+    assert x[0, 0] == 0.0 and x[2, 0] == 3.0 and x[3, 0] == 3.0 and 0 < x[1, 0] < 3.0
+    assert all(torch.isfinite(v).all() for v in accumulators.values())
+    assert set(accumulators) == {"m0", "m1", "m2", "v", "t"}
+    assert accumulators["t"].tolist() == [101.0] * 4
+
+
+def test_step_returns_update_and_state_of_the_documented_shapes(any_network: CoordinatewiseLSTM) -> None:
+    grad = torch.randn(13)
+    update, state = any_network.step(grad, any_network.init_state(grad))
+    assert update.shape == (13,) and update.dtype == torch.float32 and torch.isfinite(update).all()
+    assert set(state) == set(state_names(any_network.config))
+    for name, value in state.items():
+        expected = (13, any_network.config.hidden_size) if name[0] in "hc" else (13,)
+        assert value.shape == expected, name
+
+
+def test_step_is_pure(any_network: CoordinatewiseLSTM) -> None:
+    grad = torch.randn(9)
+    state = any_network.init_state(grad)
+    state, grad_before = {k: v + 0.1 * torch.randn_like(v) for k, v in state.items()}, grad.clone()
+    before = {k: v.clone() for k, v in state.items()}
+    _, new_state = any_network.step(grad, state)
+    assert torch.equal(grad, grad_before)
+    for name, value in state.items():
+        assert torch.equal(value, before[name]), name
+        assert new_state[name].data_ptr() != value.data_ptr(), name
+
+
+def test_step_is_batched_coordinatewise(any_network: CoordinatewiseLSTM) -> None:
+    """Coordinates do not interact: the update of a batch equals the updates of its pieces."""
+    grad = torch.randn(10)
+    state = any_network.init_state(grad)
+    whole, _ = any_network.step(grad, state)
+    pieces = [any_network.step(grad[i:i + 3], {k: v[i:i + 3] for k, v in state.items()})[0] for i in range(0, 10, 3)]
+    torch.testing.assert_close(torch.cat(pieces), whole)
+
+
+def test_step_with_autograd_reaches_every_network_weight(any_network: CoordinatewiseLSTM) -> None:
+    grad = torch.randn(20)
+    state = any_network.init_state(grad)
+    total = torch.zeros(())
+    for _ in range(3):  # an unroll: the second and third steps differentiate through the carried state
+        update, state = any_network.step(grad, state)
+        total = total + update.square().sum()
+    total.backward()
+    for name, weight in any_network.named_parameters():
+        assert weight.grad is not None and torch.isfinite(weight.grad).all(), name
+        assert weight.grad.abs().sum() > 0, name
+
+
+def test_step_under_no_grad_builds_no_graph(network: CoordinatewiseLSTM) -> None:
+    grad = torch.randn(5)
+    with torch.no_grad():
+        update, state = network.step(grad, network.init_state(grad))
+    assert not update.requires_grad and not any(v.requires_grad for v in state.values())
+    torch.testing.assert_close(update, network.step(grad, network.init_state(grad))[0].detach())
+
+
+def test_step_computes_in_the_network_dtype_whatever_the_gradient_dtype(network: CoordinatewiseLSTM) -> None:
+    grad = torch.randn(6)
+    expected, _ = network.step(grad, network.init_state(grad))
+    for dtype in (torch.float64, torch.bfloat16):
+        cast = grad.to(dtype)
+        update, state = network.step(cast, network.init_state(cast))
+        assert update.dtype == torch.float32 and all(v.dtype == torch.float32 for v in state.values())
+        torch.testing.assert_close(update, network.step(cast.float(), network.init_state(cast))[0])
+    torch.testing.assert_close(network.step(grad.double(), network.init_state(grad))[0], expected)
+
+
+def test_init_state_is_all_zero_in_the_asked_dtype(any_network: CoordinatewiseLSTM) -> None:
+    state = any_network.init_state(torch.randn(4), dtype=torch.float64)
+    assert set(state) == set(state_names(any_network.config))
+    for name, value in state.items():
+        shape = (4, any_network.config.hidden_size) if name[0] in "hc" else (4,)
+        assert value.shape == shape and value.dtype == torch.float64 and not value.any(), name
+
+
+def test_output_scale_multiplies_the_linear_head() -> None:
+    small, big = make_network(seed=3, output_scale=0.1), make_network(seed=3, output_scale=0.5)
+    grad = torch.randn(7)
+    torch.testing.assert_close(big.step(grad, big.init_state(grad))[0],
+                               5 * small.step(grad, small.init_state(grad))[0])
+
+
+def test_direction_magnitude_output_starts_as_a_descent_direction() -> None:
+    network = make_network(preprocessing="scale_free", output="direction_magnitude")
+    grad = torch.randn(30)
+    update, _ = network.step(grad, network.init_state(grad))
+    assert (update * grad < 0).all()
+    bound = network.config.output_scale * math.exp(network.config.magnitude_bound)
+    assert update.abs().max() <= bound
+
+
+@pytest.mark.parametrize("field, value", [
+    ("hidden_size", 0), ("hidden_size", 10**9), ("hidden_size", 2.0), ("hidden_size", True),
+    ("num_layers", 0), ("num_layers", 100), ("preprocessing", "adam"), ("output", "tanh"),
+    ("p", 0.0), ("p", float("nan")), ("output_scale", float("inf")), ("output_scale", -1.0),
+    ("betas", (1.0,)), ("betas", ()), ("beta_v", -0.1), ("feature_clip", "10"),
+])
+def test_config_refuses_bad_fields(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        NetworkConfig(**{field: value})
+
+
+def test_config_round_trips_through_a_dict() -> None:
+    config = NetworkConfig(hidden_size=5, preprocessing="scale_free", betas=[0.5, 0.9])
+    assert config.betas == (0.5, 0.9)
+    assert NetworkConfig.from_dict(config.to_dict()) == config
