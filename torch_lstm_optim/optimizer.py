@@ -75,6 +75,9 @@ class LSTMOptimizer(Optimizer):
             self.network = weights
         else:
             self.network = load_network(weights, revision=revision)
+        if state_dtype == torch.float16 and self.network.config.preprocessing == "scale_free":
+            raise ValueError("Invalid state_dtype: torch.float16 cannot hold the scale_free feature accumulators "
+                             "(an EMA of g^2 overflows float16's range of 65504); use torch.bfloat16 or torch.float32")
         self.chunk_size = chunk_size
         self.state_dtype = state_dtype
         self.nonfinite = nonfinite
@@ -114,10 +117,13 @@ class LSTMOptimizer(Optimizer):
         for group_index, (_, params) in enumerate(groups):
             for p in params:
                 if not torch.isfinite(p.grad).all():
-                    index = next(i for i, q in enumerate(self.param_groups[group_index]["params"]) if q is p)
+                    group = self.param_groups[group_index]
+                    index = next(i for i, q in enumerate(group["params"]) if q is p)
+                    # Names exist when the optimizer was built from ``model.named_parameters()``.
+                    name = f" {group['param_names'][index]!r}" if "param_names" in group else ""
                     raise NonFiniteGradientError(
-                        f"non-finite gradient in param group {group_index}, parameter {index} "
-                        f"(shape {tuple(p.shape)}); nothing was updated")
+                        f"non-finite gradient in parameter{name} (param group {group_index}, parameter {index}, "
+                        f"shape {tuple(p.shape)}); nothing was updated")
 
     def _update(self, group: dict[str, Any], params: list[Tensor], network: CoordinatewiseLSTM) -> None:
         """Flatten the group's coordinates, run them through the network chunk by chunk, write back in place."""
@@ -154,7 +160,9 @@ class LSTMOptimizer(Optimizer):
         if not all_finite:
             self._count_nonfinite(int((~finite).sum()))
             update = torch.where(finite, update, 0.0)
-            new_state = {k: torch.where(finite.unsqueeze(1), v, state[k]) for k, v in new_state.items()}
+            # (N, H) LSTM states need an (N, 1) mask, the (N,) feature accumulators of scale_free an (N,) one.
+            new_state = {k: torch.where(finite.view(-1, *[1] * (v.dim() - 1)), v, state[k])
+                         for k, v in new_state.items()}
         offset = 0
         for s in chunk:
             n = s.stop - s.start
