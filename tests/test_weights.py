@@ -196,3 +196,34 @@ def test_bad_weights_passed_to_the_optimizer_raise_weights_error(weights_folder:
     truncate(weights_folder)
     with pytest.raises(WeightsError, match=WEIGHTS_FILE):
         LSTMOptimizer([nn.Parameter(torch.zeros(2))], weights=weights_folder)
+
+
+def append_huge_tensor(folder: Path, name: str, shape: tuple[int, ...]) -> None:
+    """Add a float32 tensor ``name`` of ``shape`` to the weights file, its data a sparse hole (no disk, no memory)."""
+    path = folder / WEIGHTS_FILE
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header, body = json.loads(data[8:8 + size]), data[8 + size:]
+    nbytes = 4 * int(torch.tensor(shape).prod())
+    header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [len(body), len(body) + nbytes]}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as handle:
+        handle.write(len(text).to_bytes(8, "little") + text + body)
+        handle.truncate(8 + len(text) + len(body) + nbytes)
+
+
+@pytest.mark.parametrize("name, match", [("extra", r"unexpected \['extra'\]"), ("head.bias", "'head.bias' has shape")])
+def test_a_huge_tensor_is_refused_from_the_header_before_it_is_allocated(weights_folder: Path, name: str,
+                                                                        match: str) -> None:
+    """A 4 GiB tensor (an unexpected one, or an expected one of the wrong shape) named in a well-formed file."""
+    import resource
+
+    if name != "extra":
+        rewrite_tensors(weights_folder, lambda t: t.pop(name))
+    append_huge_tensor(weights_folder, name, (2**30,))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(WeightsError, match=match) as error:
+        load_network(weights_folder)
+    assert str(weights_folder / WEIGHTS_FILE) in str(error.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 512 * 1024, "the tensor was read"

@@ -118,25 +118,32 @@ def read_config(path: Path) -> NetworkConfig:
 
 
 def read_tensors(path: Path, config: NetworkConfig) -> dict[str, torch.Tensor]:
-    """Read a safetensors file and check it holds exactly the tensors ``config`` implies, finite, float32."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Read a safetensors file and check it holds exactly the tensors ``config`` implies, finite, float32.
+
+    Names and shapes are checked from the file's header before any tensor is read, so a file naming a huge or
+    unexpected tensor is refused without allocating it; what is then read is bounded by the config's sizes.
+    """
+    from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
         raise WeightsError(f"{path}: file not found (a weights folder holds {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
+        handle = safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as error:
         raise WeightsError(f"{path}: not a valid safetensors file ({error})") from None
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in CoordinatewiseLSTM(config).state_dict().items()}
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise WeightsError(f"{path}: tensors do not match {CONFIG_FILE}: missing {missing}, unexpected {extra}")
+    with handle:
+        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+        missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+        if missing or extra:
+            raise WeightsError(f"{path}: tensors do not match {CONFIG_FILE}: missing {missing}, unexpected {extra}")
+        for name, shape in shapes.items():
+            if shape != expected[name]:
+                raise WeightsError(f"{path}: tensor {name!r} has shape {shape}, "
+                                   f"expected {expected[name]} for the config in {CONFIG_FILE}")
+        tensors = {name: handle.get_tensor(name) for name in shapes}
     for name, tensor in tensors.items():
-        if tuple(tensor.shape) != expected[name]:
-            raise WeightsError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
-                               f"expected {expected[name]} for the config in {CONFIG_FILE}")
         if tensor.dtype != torch.float32:
             raise WeightsError(f"{path}: tensor {name!r} has dtype {tensor.dtype}, expected torch.float32")
         if not torch.isfinite(tensor).all():
