@@ -54,7 +54,7 @@ def run_optimizer(problem: Problem, make: Callable[[list[Tensor]], torch.optim.O
     start = time.perf_counter()
     for t in range(steps + 1):
         loss = problem.loss(params, t)
-        curve.append(float(loss))
+        curve.append(loss.item())
         if not math.isfinite(curve[-1]):
             curve += [math.inf] * (steps - t)
             return Run(curve, math.inf, time.perf_counter() - start)
@@ -90,6 +90,7 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
     n = len(runs)
     se = (lambda x: (x.std(0) / math.sqrt(n)) if n > 1 else torch.zeros_like(x[0]))
     return {"final_mean": _mean(finals), "final_se": float(se(torch.tensor(finals, dtype=torch.float64))),
+            "finals": finals,
             "curve_mean": curves.mean(0).tolist(), "curve_se": se(curves).tolist(),
             "diverged": sum(not math.isfinite(f) for f in finals), "seconds_per_run": _mean([r.seconds for r in runs])}
 
@@ -114,20 +115,45 @@ def evaluate(task: Task, network: CoordinatewiseLSTM, steps: int = 100, runs: in
                          **summarise(run_many(task, seeds, "test", lambda p: factory(p, lr), steps))}
     best = min(BASELINES.keys() & results.keys(), key=lambda k: results[k]["final_mean"])
     learned = results["learned"]
+    diff = torch.tensor(learned["finals"], dtype=torch.float64) - torch.tensor(results[best]["finals"],
+                                                                               dtype=torch.float64)
     return {"task": task.name, "steps": steps, "runs": runs, "tune_runs": tune_runs, "lr_grid": list(grid),
             "optimizers": results, "best_baseline": best,
             "ratio_to_best": learned["final_mean"] / results[best]["final_mean"],
+            "paired_diff_mean": float(diff.mean()), "paired_diff_se": float(diff.std() / math.sqrt(runs)),
             "beats_best_by_se": learned["final_mean"] + learned["final_se"]
             < results[best]["final_mean"] - results[best]["final_se"]}
 
 
 def table(result: dict[str, Any]) -> str:
-    """A markdown table of final losses, learned first."""
+    """A markdown table of final losses, learned first, and the comparison with the best tuned baseline."""
     lines = [f"| optimizer | lr | mean loss at step {result['steps']} (± s.e., {result['runs']} runs) | diverged |",
              "|---|---|---|---|"]
     for name, r in result["optimizers"].items():
         lines.append(f"| {name} | {r['lr']:.3g} | {r['final_mean']:.4f} ± {r['final_se']:.4f} | {r['diverged']} |")
+    verdict = "beats" if result["beats_best_by_se"] else "does not beat"
+    lines.append(f"\nLearned / best tuned ({result['best_baseline']}): ratio {result['ratio_to_best']:.3f}; paired "
+                 f"difference {result['paired_diff_mean']:+.4f} ± {result['paired_diff_se']:.4f} (s.e.); the learned "
+                 f"optimizer {verdict} it by more than the standard errors of both means.")
     return "\n".join(lines)
+
+
+def update_card(folder: Path, result: dict[str, Any]) -> None:
+    """Write the evaluation (command, machine, table) into the weights folder's model card, replacing an older one."""
+    card = folder / "README.md"
+    text = card.read_text(encoding="utf-8") if card.exists() else ""
+    text = text.split(EVAL_HEADING)[0].rstrip() + "\n\n" + EVAL_HEADING + f"""
+
+Held-out problems (`test` split) of `{result['task']}` {result['task_options'] or ''}, {result['steps']} steps; baselines' learning
+rates tuned on {result['tune_runs']} `val` problems over {len(result['lr_grid'])} log-spaced values from 1e-4 to 10.
+Measured with `{result['command']}` on {result['machine']} in {result['wall_seconds']:.0f} s.
+
+{table(result)}
+"""
+    card.write_text(text, encoding="utf-8")
+
+
+EVAL_HEADING = "## Evaluation"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -187,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tune-runs", type=int, default=5, help="val problems per learning rate when tuning")
     parser.add_argument("--out", required=True, help="output folder for results.json and the plot")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--update-card", action="store_true",
+                        help="write the table into the model card (README.md) of the --weights folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     options = parse_task_args(args.task_arg)
@@ -203,13 +231,23 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     plot(result, out / f"{task.name}.png")
+    if args.update_card:
+        update_card(Path(network.source.folder), result)
     print(table(result))
     print(f"ratio to best tuned baseline ({result['best_baseline']}): {result['ratio_to_best']:.3f}; "
           f"wall time {result['wall_seconds']:.0f} s")
 
 
 def machine_description() -> str:
-    return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.processor() or platform.system()}"
+    """CPU model, threads used and torch version: what a timing or a wall time was measured on."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = f"{names[0]} ({len(names)} cores)" if names else cpu
+    device = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}{device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ calls :meth:`Unroll.detach`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,12 +49,17 @@ class Unroll:
             return torch.stack([pb.final_loss(p) for pb, p in zip(self.problems, self.params)])
 
 
-def advance(network: CoordinatewiseLSTM, run: Unroll, steps: int, lr: float = 1.0) -> Tensor:
+Rule = Callable[[Tensor, State], tuple[Tensor, State]]
+
+
+def advance(network: CoordinatewiseLSTM, run: Unroll, steps: int, lr: float = 1.0, rule: Rule | None = None) -> Tensor:
     """Apply ``steps`` updates; return ``f(theta_t)`` for the ``steps`` new parameters, shape ``(steps, B)``.
 
     Differentiable with respect to the network if autograd is enabled by the caller; under ``torch.no_grad`` it is
-    a plain optimisation run (the optimizee's gradients are still computed).
+    a plain optimisation run (the optimizee's gradients are still computed). ``rule`` replaces ``network.step``
+    by a compiled version of it (``torch.compile(network.step)``), never by other math.
     """
+    rule = rule or network.step
     meta = torch.is_grad_enabled()
     losses = []
     for i in range(steps + 1):
@@ -70,7 +76,7 @@ def advance(network: CoordinatewiseLSTM, run: Unroll, steps: int, lr: float = 1.
         grad = torch.cat([g.reshape(-1) for g in grads])
         if run.state is None:
             run.state = network.init_state(grad)
-        update, run.state = network.step(grad, run.state)
+        update, run.state = rule(grad, run.state)
         pieces = iter(update.split([v.numel() for v in flat]))
         run.params = [{k: v + lr * next(pieces).view_as(v) for k, v in p.items()} for p in run.params]
         run.step += 1
