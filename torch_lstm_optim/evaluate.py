@@ -218,9 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     options = parse_task_args(args.task_arg)
-    if args.data_dir is not None:
-        options["data_dir"] = args.data_dir
-    task = make_task(args.task, **options)
+    task = make_task(args.task, data_dir=args.data_dir, **options)
     network = load_network(args.weights)
     start = time.time()
     result = evaluate(task, network, args.steps, args.runs, args.tune_runs)

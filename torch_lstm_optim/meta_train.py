@@ -96,10 +96,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
 
 
 def build_task(config: MetaTrainConfig) -> Task:
-    options = parse_task_args(config.task_arg)
-    if config.task == "mnist-mlp" or "data_dir" in getattr(make_task, "__annotations__", {}):
-        options.setdefault("data_dir", config.data_dir)
-    return make_task(config.task, **options)
+    return make_task(config.task, data_dir=config.data_dir, **parse_task_args(config.task_arg))
 
 
 def validate(network: CoordinatewiseLSTM, task: Task, config: MetaTrainConfig, rule: Rule | None = None) -> float:

@@ -6,6 +6,7 @@ Both go through :func:`make_task`, so a user's task works everywhere a built-in 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +20,12 @@ __all__ = ["Params", "Problem", "TASKS", "Task", "TaskError", "check_task", "mak
            "step_generator"]
 
 
-def make_task(name: str, **options: Any) -> Task:
-    """Build a task from a registered name or ``"package.module:factory"``, with ``options`` as keyword args."""
+def make_task(name: str, data_dir: str | None = None, **options: Any) -> Task:
+    """Build a task from a registered name or ``"package.module:factory"``, with ``options`` as keyword args.
+
+    ``data_dir`` is passed on only to factories that take a ``data_dir`` (tasks with data), so one command line
+    can name it whatever the task.
+    """
     if name in TASKS:
         factory = TASKS[name]
     elif ":" in name:
@@ -31,6 +36,8 @@ def make_task(name: str, **options: Any) -> Task:
             raise TaskError(f"task {name!r}: cannot import {attr!r} from {module_name!r} ({error})") from None
     else:
         raise TaskError(f"unknown task {name!r}: use one of {sorted(TASKS)} or 'package.module:factory'")
+    if data_dir is not None and "data_dir" in inspect.signature(factory).parameters:
+        options["data_dir"] = data_dir
     try:
         task = factory(**options)
     except TypeError as error:

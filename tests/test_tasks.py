@@ -1,0 +1,124 @@
+"""Tasks: the built-in families on small data made here, and the public interface's checks on users' tasks."""
+
+from __future__ import annotations
+
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torch_lstm_optim.tasks import Problem, TaskError, make_task
+
+pytest.importorskip("torchvision")
+
+
+def write_mnist(root: Path, n_train: int = 300, n_test: int = 100) -> Path:
+    """Tiny MNIST in torchvision's raw idx layout (``root/MNIST/raw``), random pixels and labels."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            np.array([2051, n, 28, 28], dtype=">i4").tobytes() + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([2049, n], dtype=">i4").tobytes() + labels.tobytes())
+    return root
+
+
+@pytest.fixture
+def mnist_dir(tmp_path: Path) -> Path:
+    return write_mnist(tmp_path / "data")
+
+
+def test_quadratic_is_the_papers_objective() -> None:
+    task = make_task("quadratic", dim=4)
+    problem = task.sample(3)
+    theta = problem.params["theta"]
+    assert theta.shape == (4,)
+    assert float(problem.loss({"theta": theta}, 0)) > 0
+    assert torch.equal(task.sample(3).params["theta"], theta)
+    assert not torch.equal(task.sample(3, "val").params["theta"], theta)
+
+
+def test_mnist_mlp_splits_batches_and_options(mnist_dir: Path) -> None:
+    task = make_task("mnist-mlp", data_dir=str(mnist_dir), hidden=(7, 5), activation="relu", batch_size=16,
+                     val_size=100)
+    assert [len(task.data(s)[0]) for s in ("train", "val", "test")] == [200, 100, 100]
+    problem = task.sample(0, "train")
+    shapes = sorted(tuple(v.shape) for v in problem.params.values())
+    assert shapes == sorted([(7, 784), (7,), (5, 7), (5,), (10, 5), (10,)])
+    params = {k: v.clone() for k, v in problem.params.items()}
+    assert float(problem.loss(params, 4)) == float(problem.loss(params, 4))  # a step's minibatch is fixed
+    assert float(problem.loss(params, 4)) != float(problem.loss(params, 5))
+    assert math.isfinite(float(problem.final_loss(params)))
+
+
+def test_missing_mnist_names_the_folder_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match="MNIST not found.*--data-dir"):
+        make_task("mnist-mlp", data_dir=str(tmp_path))
+
+
+def test_unknown_task_and_bad_options() -> None:
+    with pytest.raises(TaskError, match="unknown task 'nope'.*mnist-mlp"):
+        make_task("nope")
+    with pytest.raises(TaskError, match="bad options"):
+        make_task("quadratic", width=3)
+    with pytest.raises(TaskError, match="cannot import"):
+        make_task("no_such_module_xyz:factory")
+
+
+USER_TASKS = textwrap.dedent('''
+    import torch
+    from torch_lstm_optim.tasks import Problem
+
+    class Good:
+        name = "good"
+        def sample(self, seed, split="train"):
+            w = torch.tensor([1.0, 2.0])
+            return Problem(params={"x": torch.ones(2)}, loss=lambda p, step: (w * p["x"]).square().sum())
+
+    class NotAScalar(Good):
+        def sample(self, seed, split="train"):
+            return Problem(params={"x": torch.ones(2)}, loss=lambda p, step: p["x"] * 2)
+
+    class NotFinite(Good):
+        def sample(self, seed, split="train"):
+            return Problem(params={"x": torch.ones(2)}, loss=lambda p, step: p["x"].sum() * float("nan"))
+
+    class WrongReturn(Good):
+        def sample(self, seed, split="train"):
+            return {"x": torch.ones(2)}
+
+    def not_a_task():
+        return 42
+''')
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "user_tasks_mod.py").write_text(USER_TASKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "user_tasks_mod"
+    sys.modules.pop("user_tasks_mod", None)
+
+
+def test_user_task_by_path(user_module: str) -> None:
+    task = make_task(f"{user_module}:Good")
+    assert isinstance(task.sample(0), Problem)
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("NotAScalar", "must return a scalar tensor"),
+    ("NotFinite", "not finite"),
+    ("WrongReturn", "must return a torch_lstm_optim.tasks.Problem"),
+    ("not_a_task", "expected an object with a 'name'"),
+    ("Missing", "cannot import 'Missing'"),
+])
+def test_bad_user_tasks_are_named(user_module: str, factory: str, message: str) -> None:
+    with pytest.raises(TaskError, match=f"{user_module}:{factory}.*{message}|{message}"):
+        make_task(f"{user_module}:{factory}")
