@@ -6,7 +6,8 @@ Each meta-iteration samples ``meta_batch`` problems, optimises them for ``horizo
 after every ``truncation`` steps back-propagates the meta-objective of those steps into the network (Adam,
 meta-gradient clipping), then detaches parameters and state (truncated BPTT, Andrychowicz et al. 2016). Every
 ``eval_every`` iterations the network runs on fixed validation problems and the best weights are kept (early
-stopping). Checkpoints are written atomically; ``--resume`` continues from the last one, and Ctrl-C saves one.
+stopping). A checkpoint is written atomically after every meta-iteration; ``--resume`` continues from it and gives
+the same result as an uninterrupted run (problems are drawn from (seed, iteration), so no RNG state is needed).
 The output folder holds ``config.json`` + ``model.safetensors`` (the best weights), a model card ``README.md``,
 ``log.jsonl`` and ``checkpoint.pt``.
 """
@@ -17,21 +18,37 @@ import argparse
 import json
 import math
 import os
+import pickle
 import platform
 import shlex
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from .evaluate import machine_description, parse_task_args
 from .network import CoordinatewiseLSTM, NetworkConfig
-from .tasks import Task, make_task
+from .tasks import Task, TaskError, make_task
 from .unroll import Rule, Unroll, advance, meta_loss
-from .weights import load_network
+from .weights import WeightsError, load_network
+
+# Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
+# ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
+RESUME_FIXED = ("task", "task_arg", "horizon", "truncation", "meta_batch", "meta_lr", "clip", "objective", "seed")
+
+
+class DivergedError(RuntimeError):
+    """Too many meta-iterations in a row had a non-finite meta-loss; the run stopped, the best weights kept."""
+
+
+class CheckpointError(ValueError):
+    """The output folder's checkpoint cannot be used as asked: damaged, made with other settings, or there without
+    ``--resume`` (a new run would overwrite it)."""
 
 
 @dataclass
@@ -92,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
         parser.error(f"--horizon ({config.horizon}) must be a multiple of --truncation ({config.truncation})")
     if config.objective not in ("sum", "log"):
         parser.error(f"--objective must be 'sum' or 'log', found {config.objective!r}")
+    malformed = [item for item in config.task_arg if "=" not in item]
+    if malformed:
+        parser.error(f"--task-arg expects key=value, found {malformed[0]!r}")
     return config, network
 
 
@@ -108,14 +128,19 @@ def validate(network: CoordinatewiseLSTM, task: Task, config: MetaTrainConfig, r
     return float(finals.mean()) if torch.isfinite(finals).all() else math.inf
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename: a kill never leaves a half-written file."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """``write(handle)`` into a temporary file, fsync, then rename: a kill never leaves a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def save_weights(network: CoordinatewiseLSTM, out: Path) -> None:
@@ -129,12 +154,49 @@ def save_weights(network: CoordinatewiseLSTM, out: Path) -> None:
     tmp.rmdir()
 
 
+def resume_from(path: Path, config: MetaTrainConfig, network: CoordinatewiseLSTM,
+                meta_optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load the checkpoint ``path`` into ``network`` and ``meta_optimizer``; return its progress.
+
+    Raises :class:`CheckpointError` (before anything is written) if the file is damaged or was made with other
+    settings.
+    """
+    try:
+        checkpoint = torch.load(path, weights_only=True)
+        saved, saved_network, progress = checkpoint["config"], checkpoint["network_config"], checkpoint["progress"]
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {reason}); move it "
+                              "away to start over") from None
+    now = {**{k: getattr(config, k) for k in RESUME_FIXED}, **network.config.to_dict()}
+    then = {**{k: saved.get(k) for k in RESUME_FIXED}, **saved_network}
+    different = [f"{k} {then.get(k)!r} (now {value!r})" for k, value in now.items() if then.get(k) != value]
+    if different:
+        raise CheckpointError(f"{path}: was made with other settings: {', '.join(different)}; resume with the "
+                              "flags of that run, or pass another --out")
+    try:
+        network.load_state_dict(checkpoint["network"])
+        meta_optimizer.load_state_dict(checkpoint["meta_optimizer"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({error}); move it away to start "
+                              "over") from None
+    return progress
+
+
+def trim_log(path: Path, iteration: int) -> None:
+    """Keep the log's records up to ``iteration`` (the checkpoint's; -1 for a fresh run): the later ones are about
+    to be run again."""
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.endswith("\n") and json.loads(line)["iteration"] <= iteration]
+        atomic_write(path, lambda handle: handle.write("".join(kept).encode("utf-8")))
+
+
 def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) -> dict[str, Any]:
     """Run (or resume) meta-training; returns a summary (also written into the model card)."""
     torch.set_num_threads(config.threads)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    task = build_task(config)
+    task = build_task(config)  # before anything is written: a bad task or missing data leaves no trace
     torch.manual_seed(config.seed)
     network = load_network(config.init_weights) if config.init_weights else CoordinatewiseLSTM(network_config)
     network.train()
@@ -143,11 +205,22 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     progress = {"iteration": 0, "meta_updates": 0, "skipped": 0, "in_a_row": 0, "best_val": math.inf,
                 "best_iteration": -1, "elapsed": 0.0}
     checkpoint_path = out / "checkpoint.pt"
-    if config.resume and checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, weights_only=True)
-        network.load_state_dict(checkpoint["network"])
-        meta_optimizer.load_state_dict(checkpoint["meta_optimizer"])
-        progress = checkpoint["progress"]
+    resumed = config.resume and checkpoint_path.exists()
+    if resumed:
+        progress = resume_from(checkpoint_path, config, network, meta_optimizer)
+    elif checkpoint_path.exists():
+        raise CheckpointError(f"{checkpoint_path}: {out} holds a run already; pass --resume to continue it, or "
+                              "another --out (nothing is overwritten)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        trim_log(out / "log.jsonl", progress["iteration"] if resumed else -1)
+        log = open(out / "log.jsonl", "a", encoding="utf-8")
+    except OSError as error:
+        reason = "it is a file" if out.is_file() else error.strerror
+        raise OSError(f"cannot write to the output folder {out}: {reason}") from None
+    # What a kill in the middle of a write left behind (the files they were to replace are intact).
+    checkpoint_path.with_name(checkpoint_path.name + ".tmp").unlink(missing_ok=True)
+    shutil.rmtree(out / ".weights.tmp", ignore_errors=True)
 
     def save_checkpoint() -> None:
         atomic_save({"network": network.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
@@ -156,7 +229,6 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
 
     from tqdm import tqdm
 
-    log = open(out / "log.jsonl", "a", encoding="utf-8")
     bar = tqdm(range(progress["iteration"], config.iterations), initial=progress["iteration"],
                total=config.iterations, desc="meta-train", dynamic_ncols=True)
     started = time.time() - progress["elapsed"]
@@ -185,8 +257,11 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
                 progress["skipped"] += 1
                 progress["in_a_row"] += 1
                 if progress["in_a_row"] >= config.max_nonfinite:
-                    raise RuntimeError(f"{config.max_nonfinite} meta-iterations in a row had a non-finite "
-                                       f"meta-loss; stopped. The best weights so far are in {out}")
+                    kept = (f"the best weights so far (iteration {progress['best_iteration']}) are in {out}"
+                            if progress["best_iteration"] >= 0 else "no weights were saved (no validation yet)")
+                    raise DivergedError(f"{config.max_nonfinite} meta-iterations in a row had a non-finite "
+                                        f"meta-loss; stopped: {kept}. Try a new run with a lower --meta-lr, or "
+                                        "--resume with a higher --max-nonfinite")
             progress["iteration"] = iteration + 1
             progress["elapsed"] = time.time() - started
             record = {"iteration": iteration + 1, "meta_loss": sum(episode) / max(len(episode), 1),
@@ -200,12 +275,14 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
                     save_weights(network, out)
                 bar.set_postfix(meta=f"{record['meta_loss']:.3g}", val=f"{record['val']:.4g}",
                                 best=f"{progress['best_val']:.4g}")
-                save_checkpoint()
             log.write(json.dumps(record) + "\n")
             log.flush()
+            save_checkpoint()  # every iteration (a small file): a kill loses at most the iteration under way
     except KeyboardInterrupt:
-        save_checkpoint()
-        print(f"\ninterrupted: checkpoint saved to {checkpoint_path}; continue with --resume", file=sys.stderr)
+        # Not saved now: mid-iteration the network is partly updated, and resuming from it would not reproduce
+        # an uninterrupted run. The checkpoint of the last whole iteration is on disk.
+        print(f"\ninterrupted: the last complete meta-iteration is saved in {checkpoint_path}; continue with "
+              "--resume", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
         log.close()
@@ -243,19 +320,25 @@ Load it with `LSTMOptimizer(model.parameters(), weights="<this folder or name>")
 {json.dumps(config, indent=1)}
 ```
 """
-    (out / "README.md").write_text(text, encoding="utf-8")
+    atomic_write(out / "README.md", lambda handle: handle.write(text.encode("utf-8")))
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The CLI. Bad flags, task, data, weights or checkpoint exit with code 2, a failed run (diverged, or an
+    output folder that cannot be written) with 1: one ``error:`` line on stderr, no traceback."""
     config, network_config = parse_args(argv)
     command = "python -m torch_lstm_optim.meta_train " + shlex.join(argv if argv is not None else sys.argv[1:])
-    summary = train(config, network_config, command)
-    print(f"best validation loss {summary['best_val']:.4f} at iteration {summary['best_iteration']}; "
-          f"weights in {config.out}")
-    if config.push_to_hub:
-        from .hub import push_to_hub
+    try:
+        summary = train(config, network_config, command)
+        print(f"best validation loss {summary['best_val']:.4f} at iteration {summary['best_iteration']}; "
+              f"weights in {config.out}")
+        if config.push_to_hub:
+            from .hub import push_to_hub
 
-        push_to_hub(config.out, config.push_to_hub)
+            push_to_hub(config.out, config.push_to_hub)
+    except (TaskError, WeightsError, CheckpointError, DivergedError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1 if isinstance(error, (DivergedError, OSError)) else 2) from None
 
 
 if __name__ == "__main__":

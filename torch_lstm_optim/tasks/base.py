@@ -63,7 +63,12 @@ def check_task(task: object, label: str) -> Task:
     if not isinstance(task, Task):
         raise TaskError(f"task {label!r}: expected an object with a 'name' and a 'sample(seed, split)' method, "
                         f"found {type(task).__name__}")
-    problem = task.sample(0, "train")
+    try:
+        problem = task.sample(0, "train")
+    except TaskError:
+        raise
+    except Exception as error:  # the task's own code (often its options) failed: say which task, not a traceback
+        raise TaskError(f"task {label!r}: sample(0, 'train') failed: {type(error).__name__}: {error}") from error
     if not isinstance(problem, Problem):
         raise TaskError(f"task {label!r}: sample() must return a torch_lstm_optim.tasks.Problem, "
                         f"found {type(problem).__name__}")

@@ -31,7 +31,8 @@ def load_mnist(data_dir: str, train: bool, download: bool) -> tuple[Tensor, Tens
         data = datasets.MNIST(str(data_dir), train=train, download=download)
     except RuntimeError as error:
         raise TaskError(f"MNIST not found under {Path(data_dir).resolve()} ({error}); pass --data-dir pointing at "
-                        "a folder holding MNIST/raw/, or allow the download (download=True)") from None
+                        "a folder holding MNIST/raw/, or allow the download (download=True; on the "
+                        "command line --task-arg download=True)") from None
     return data.data.reshape(len(data.data), -1).float() / 255.0, data.targets.long()
 
 
