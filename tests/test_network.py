@@ -200,3 +200,42 @@ def test_config_round_trips_through_a_dict() -> None:
     config = NetworkConfig(hidden_size=5, preprocessing="scale_free", betas=[0.5, 0.9])
     assert config.betas == (0.5, 0.9)
     assert NetworkConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("nesterov_lr", [0.1, 1.0])
+def test_nag_head_is_sgd_with_nesterov_momentum(nesterov_lr: float) -> None:
+    """init_head("nag", lr) makes the untrained network exactly torch's SGD(momentum=0.9, nesterov=True)."""
+    network = make_network(preprocessing="scale_free", log_rms_feature=True, log_step_feature=True,
+                           output="direction_magnitude", output_scale=0.03, magnitude_bound=25.0)
+    network.init_head("nag", nesterov_lr)
+    grads = torch.randn(8, 30, dtype=torch.float64) * torch.logspace(-4, 1, 30, dtype=torch.float64)
+    reference = torch.zeros(30, dtype=torch.float64, requires_grad=True)
+    sgd = torch.optim.SGD([reference], lr=nesterov_lr, momentum=0.9, nesterov=True)
+    theta = torch.zeros(30, dtype=torch.float64)
+    state = network.init_state(grads[0])
+    for grad in grads:
+        reference.grad = grad.clone()
+        sgd.step()
+        with torch.no_grad():
+            update, state = network.step(grad, state)
+        theta += update.double()
+    torch.testing.assert_close(theta, reference.detach(), rtol=1e-4, atol=1e-7)
+
+
+def test_adam_head_follows_the_momentum_at_the_given_lr() -> None:
+    network = make_network(preprocessing="scale_free", output="direction_magnitude", output_scale=0.01)
+    network.init_head("adam", 0.1)
+    grad = torch.randn(20)
+    state = network.init_state(grad)
+    for _ in range(50):
+        with torch.no_grad():
+            update, state = network.step(grad, state)
+    # A constant gradient: the bias-corrected rms is |g|, the zero-started momentum (1 - 0.9^t) g.
+    torch.testing.assert_close(update, -0.1 * (1 - 0.9 ** 50) * grad.sign(), rtol=1e-5, atol=1e-7)
+
+
+def test_init_head_refuses_rules_the_config_cannot_express() -> None:
+    with pytest.raises(ValueError, match="needs output='direction_magnitude'"):
+        make_network().init_head("adam", 0.1)
+    with pytest.raises(ValueError, match="'nag' with log_rms_feature"):
+        make_network(preprocessing="scale_free", output="direction_magnitude").init_head("nag", 1.0)

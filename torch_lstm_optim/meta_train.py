@@ -15,6 +15,7 @@ The output folder holds ``config.json`` + ``model.safetensors`` (the best weight
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -35,11 +36,12 @@ from .evaluate import machine_description, parse_task_args
 from .network import CoordinatewiseLSTM, NetworkConfig
 from .tasks import Task, TaskError, make_task
 from .unroll import Rule, Unroll, advance, meta_loss
-from .weights import WeightsError, load_network
+from .weights import WEIGHTS_FILE, WeightsError, load_network
 
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
-RESUME_FIXED = ("task", "task_arg", "horizon", "truncation", "meta_batch", "meta_lr", "clip", "objective", "seed")
+RESUME_FIXED = ("task", "task_arg", "init_weights", "horizon", "truncation", "meta_batch", "meta_lr", "clip",
+                "objective", "seed")
 
 
 class DivergedError(RuntimeError):
@@ -62,6 +64,9 @@ class MetaTrainConfig:
     truncation: int = field(default=20, metadata={"help": "steps per truncated-BPTT meta-update"})
     meta_batch: int = field(default=8, metadata={"help": "problems optimised in parallel per meta-iteration"})
     meta_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the meta-optimizer"})
+    head_lr: float | None = field(default=None, metadata={
+        "help": "Adam learning rate of the output head, whose few weights set the step size and its schedule "
+                "(default: meta_lr)"})
     iterations: int = field(default=300, metadata={"help": "meta-iterations (each a full horizon)"})
     clip: float = field(default=1.0, metadata={"help": "meta-gradient norm clipping"})
     objective: str = field(default="sum", metadata={"help": "meta-objective: 'sum' (paper) or 'log' (mean log loss)"})
@@ -71,6 +76,10 @@ class MetaTrainConfig:
     out: str = field(default="runs/meta", metadata={"help": "output folder"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoint.pt"})
     init_weights: str | None = field(default=None, metadata={"help": "start from these weights (name/folder/hub)"})
+    init_rule: str = field(default="adam", metadata={
+        "help": "for a fresh direction_magnitude network: the classic rule its head starts as, 'adam' or 'nag'"})
+    init_lr: float | None = field(default=None, metadata={
+        "help": "learning rate of that starting rule (default: output_scale)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     compile: bool = field(default=True, metadata={"help": "torch.compile the update rule (2.5x faster on CPU)"})
     max_nonfinite: int = field(default=20, metadata={"help": "stop after this many non-finite episodes in a row"})
@@ -94,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
             elif f.name == "betas":
                 group.add_argument(flag, type=float, nargs="+", default=default, help=help_text)
             else:
-                kind = {"int": int, "float": float}.get(str(f.type), str)
+                kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
                 group.add_argument(flag, type=kind, default=default, help=help_text)
     args = vars(parser.parse_args(argv))
     config = MetaTrainConfig(**{f.name: args[f.name] for f in fields(MetaTrainConfig)})
@@ -198,9 +207,17 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     out = Path(config.out)
     task = build_task(config)  # before anything is written: a bad task or missing data leaves no trace
     torch.manual_seed(config.seed)
-    network = load_network(config.init_weights) if config.init_weights else CoordinatewiseLSTM(network_config)
+    if config.init_weights:
+        network = load_network(config.init_weights)
+    else:
+        network = CoordinatewiseLSTM(network_config)
+        if network_config.output == "direction_magnitude":
+            network.init_head(config.init_rule, config.init_lr or network_config.output_scale)
     network.train()
-    meta_optimizer = torch.optim.Adam(network.parameters(), lr=config.meta_lr)
+    head = list(network.head.parameters())
+    meta_optimizer = torch.optim.Adam([
+        {"params": [p for p in network.parameters() if all(p is not q for q in head)]},
+        {"params": head, "lr": config.head_lr or config.meta_lr}], lr=config.meta_lr)
     rule = torch.compile(network.step, dynamic=True) if config.compile else network.step
     progress = {"iteration": 0, "meta_updates": 0, "skipped": 0, "in_a_row": 0, "best_val": math.inf,
                 "best_iteration": -1, "elapsed": 0.0}
@@ -226,6 +243,11 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
         atomic_save({"network": network.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
                      "progress": progress, "config": asdict(config), "network_config": network.config.to_dict()},
                     checkpoint_path)
+
+    if progress["best_iteration"] < 0:  # a fresh run: the starting network is the first candidate
+        progress["best_val"], progress["best_iteration"] = validate(network, task, config, rule), 0
+        save_weights(network, out)
+        log.write(json.dumps({"iteration": 0, "elapsed": 0.0, "skipped": 0, "val": progress["best_val"]}) + "\n")
 
     from tqdm import tqdm
 
@@ -287,18 +309,33 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     finally:
         log.close()
     summary = {**progress, "command": command, "config": asdict(config), "machine": machine_description(),
-               "wall_seconds": round(progress["elapsed"], 1)}
+               "wall_seconds": round(progress["elapsed"], 1),
+               "parent": parent_record(network) if config.init_weights else None}
     write_card(out, summary)
     return summary
 
 
+def parent_record(network: CoordinatewiseLSTM) -> dict[str, str | None]:
+    """What ``--init-weights`` loaded, for the model card: the name given, the folder read, the hub commit (``None``
+    for bundled and local weights) and the sha256 of the parent's weights file, which identifies them whatever
+    their source."""
+    source = network.source
+    digest = hashlib.sha256((Path(source.folder) / WEIGHTS_FILE).read_bytes()).hexdigest()
+    return {**asdict(source), "sha256": digest}
+
+
 def write_card(out: Path, summary: dict[str, Any]) -> None:
-    """The model card: task, every flag, seed, data, wall time, machine; ``evaluate`` appends its table."""
-    config = summary["config"]
+    """The model card: task, every flag, seed, data, wall time, machine, the parent weights of a fine-tuning run
+    (also as the hub's ``base_model`` when they came from the hub); ``evaluate`` appends its table."""
+    config, parent = summary["config"], summary.get("parent")
+    lineage = "" if parent is None else (
+        f"- fine-tuned from `{parent['weights']}` at revision `{parent['revision'] or 'none (bundled or local)'}`"
+        f", {WEIGHTS_FILE} sha256 `{parent['sha256']}`\n")
+    base_model = f"base_model: {parent['weights']}\n" if parent and parent["revision"] else ""
     text = f"""---
 library_name: torch_lstm_optim
 tags: [learned-optimizer, learning-to-learn, pytorch]
----
+{base_model}---
 # {Path(config['out']).name}: a coordinatewise LSTM optimizer meta-trained on `{config['task']}`
 
 Produced by the project's meta-trainer with:
@@ -308,7 +345,7 @@ Produced by the project's meta-trainer with:
 ```
 
 - task: `{config['task']}` {config['task_arg'] or ''}; data: {'`' + config['data_dir'] + '`' if config['task'] != 'quadratic' else 'generated'}
-- seed {config['seed']}; {summary['iteration']} meta-iterations, {summary['meta_updates']} meta-updates, {summary['skipped']} skipped (non-finite)
+{lineage}- seed {config['seed']}; {summary['iteration']} meta-iterations, {summary['meta_updates']} meta-updates, {summary['skipped']} skipped (non-finite)
 - best validation loss {summary['best_val']:.4f} at iteration {summary['best_iteration']} ({config['val_problems']} val problems, {config['horizon']} steps)
 - wall time {summary['wall_seconds'] / 60:.1f} min on {summary['machine']}
 
