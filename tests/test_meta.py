@@ -72,8 +72,8 @@ def test_meta_train_improves_and_writes_a_loadable_folder(tmp_path: Path) -> Non
                      "--val-problems", "16", "--threads", "1", "--no-compile", "--out", str(out),
                      "--hidden-size", "8"])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert len(log) == 12 and all("val" in r for r in log)
-    assert min(r["val"] for r in log[1:]) < log[0]["val"]
+    assert [r["iteration"] for r in log] == list(range(13)) and all("val" in r for r in log)
+    assert min(r["val"] for r in log[1:]) < log[0]["val"]  # iteration 0 validates the untrained network
     network = load_network(out)
     assert network.config.hidden_size == 8
     card = (out / "README.md").read_text()
