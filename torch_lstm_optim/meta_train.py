@@ -40,8 +40,8 @@ from .weights import WEIGHTS_FILE, WeightsError, load_network
 
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
-RESUME_FIXED = ("task", "task_arg", "init_weights", "horizon", "truncation", "meta_batch", "meta_lr", "clip",
-                "objective", "seed")
+RESUME_FIXED = ("task", "task_arg", "init_weights", "init_rule", "init_lr", "horizon", "truncation", "meta_batch",
+                "meta_lr", "head_lr", "clip", "objective", "seed")
 
 
 class DivergedError(RuntimeError):
