@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from .network import CoordinatewiseLSTM, State, state_names
@@ -143,27 +144,33 @@ class LSTMOptimizer(Optimizer):
                         f"shape {tuple(p.shape)}); nothing was updated")
 
     def _update(self, group: dict[str, Any], params: list[Tensor], network: CoordinatewiseLSTM) -> None:
-        """Flatten the group's coordinates, run them through the network chunk by chunk, write back in place."""
+        """Flatten the group's coordinates, run them through the network chunk by chunk, write back in place.
+
+        A DTensor parameter (FSDP2's ``fully_shard``) is updated through its local shard: each process steps the
+        coordinates it holds, with their state (:func:`_sharded_like`), and no communication.
+        """
         segments, copies = [], []
         for p in params:
-            grad = p.grad.reshape(-1)
+            local = _local(p)
+            grad = _local(p.grad).reshape(-1)
             if group["maximize"]:
                 grad = -grad
             if group["weight_decay"]:
-                grad = grad.add(p.reshape(-1), alpha=group["weight_decay"])
+                grad = grad.add(local.reshape(-1), alpha=group["weight_decay"])
             state = self.state[p]
             if not state:
                 state["step"] = 0
-                state.update(network.init_state(grad, self.state_dtype))
+                fresh = network.init_state(grad, self.state_dtype)
+                state.update(_sharded_like(p, fresh) if isinstance(p, DTensor) else fresh)
             state["step"] += 1
-            flat = p.view(-1) if p.is_contiguous() else p.contiguous().view(-1)
-            if not p.is_contiguous():
-                copies.append((p, flat))
-            segments.append(_Segment(flat, grad, state, 0, p.numel()))
+            flat = local.view(-1) if local.is_contiguous() else local.contiguous().view(-1)
+            if not local.is_contiguous():
+                copies.append((local, flat))
+            segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel()))
         for chunk in _chunks(segments, self.chunk_size or default_chunk_size(params[0].device)):
             self._apply_chunk(chunk, network, group["lr"])
-        for p, flat in copies:
-            p.copy_(flat.view_as(p))
+        for local, flat in copies:
+            local.copy_(flat.view_as(local))
 
     def _apply_chunk(self, chunk: list[_Segment], network: CoordinatewiseLSTM, lr: float) -> None:
         names = state_names(network.config)
@@ -211,7 +218,9 @@ class LSTMOptimizer(Optimizer):
         """Restore a state dict, after checking all of it: on any mismatch nothing is changed.
 
         The per-coordinate state is restored exactly (torch's base class would cast it to each parameter's dtype,
-        which for bfloat16 parameters would lose the float32 state's bits).
+        which for bfloat16 parameters would lose the float32 state's bits). ``"network"`` may be missing, as in what
+        ``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict`` passes on: then the network's config is
+        not compared, only the names and shapes of the state it must fit.
         """
         self._validate_state_dict(state_dict)
         state_dict = {k: v for k, v in state_dict.items() if k != "network"}
@@ -229,8 +238,11 @@ class LSTMOptimizer(Optimizer):
 
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
             raise StateDictError("not an optimizer state dict: expected keys 'state' and 'param_groups'")
+        # torch.distributed.checkpoint's get/set_optimizer_state_dict keep only "state" and "param_groups": without
+        # "network" the config cannot be compared, but the names and shapes of the state entries still are, below.
         network = state_dict.get("network")
-        if not isinstance(network, dict) or network.get("config") != self.network.config.to_dict():
+        if "network" in state_dict and (not isinstance(network, dict)
+                                        or network.get("config") != self.network.config.to_dict()):
             found = network.get("config") if isinstance(network, dict) else None
             raise StateDictError(f"state dict was made for another network: its config is {found}, this "
                                  f"optimizer's network has {self.network.config.to_dict()}")
@@ -251,13 +263,18 @@ class LSTMOptimizer(Optimizer):
                 raise StateDictError(f"{where} has keys {sorted(saved)}, expected {sorted(names | {'step'})}")
             if not isinstance(saved["step"], int) or saved["step"] < 0:
                 raise StateDictError(f"{where} has step {saved['step']!r}, expected an int >= 0")
-            expected = (p.numel(), self.network.config.hidden_size)
+            # A DTensor parameter's state has the parameter's shape (see _sharded_like), a plain one's is flat.
+            coordinates = tuple(p.shape) if isinstance(p, DTensor) else (p.numel(),)
             for k in sorted(names):
                 v = saved[k]
-                shape = expected if k[0] in "hc" else (p.numel(),)
+                shape = (*coordinates, self.network.config.hidden_size) if k[0] in "hc" else coordinates
                 if not isinstance(v, Tensor) or tuple(v.shape) != shape:
                     found = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
                     raise StateDictError(f"{where}: entry {k!r} has shape {found}, expected {shape}")
+                if isinstance(v, DTensor) != isinstance(p, DTensor):
+                    raise StateDictError(f"{where}: entry {k!r} is a {type(v).__name__} but the parameter is a "
+                                         f"{type(p).__name__}; load sharded (FSDP2) state with torch.distributed."
+                                         "checkpoint.state_dict.set_optimizer_state_dict")
                 if not v.is_floating_point() or not torch.isfinite(v).all():
                     raise StateDictError(f"{where}: entry {k!r} is not a finite floating-point tensor")
 
@@ -291,3 +308,37 @@ def _chunks(segments: list[_Segment], size: int) -> Iterable[list[_Segment]]:
 
 def _cat(tensors: list[Tensor]) -> Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """What this process computes on: a DTensor's local shard (a view, so writes reach the DTensor), else itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _sharded_like(param: DTensor, state: State) -> State:
+    """Fresh state of ``param``'s local shard, as DTensors sharded like ``param``.
+
+    Each tensor takes the parameter's shape (plus ``H`` for ``h``/``c``) and placements, so every process holds
+    the state of exactly the coordinates it holds, and ``torch.distributed.checkpoint`` saves, loads and reshards
+    it with the parameter. The flat ``(numel, H)`` layout of a plain parameter cannot be sharded that way: FSDP2
+    splits dim 0 unevenly (5 rows over 2 processes as 3 + 2), which is not a split of the flattened coordinates.
+    """
+    local_shape = param.to_local().shape
+    sharded = {}
+    for name, value in state.items():
+        shape = torch.Size((*param.shape, *value.shape[1:]))
+        sharded[name] = DTensor.from_local(value.view(*local_shape, *value.shape[1:]), param.device_mesh,
+                                           param.placements, shape=shape,
+                                           stride=torch.empty(shape, device="meta").stride())
+    return sharded
+
+
+def _local_coordinates(state: dict[str, Any], param: Tensor) -> dict[str, Any]:
+    """The state tensors of the coordinates this process steps, flat like the gradient: ``(n, H)`` or ``(n,)``.
+
+    ``state`` itself for a plain parameter; for a DTensor parameter, views of the local shards of its state.
+    """
+    if not isinstance(param, DTensor):
+        return state
+    n = param.to_local().numel()
+    return {k: v.to_local().view(n, *v.shape[param.dim():]) for k, v in state.items() if isinstance(v, DTensor)}
