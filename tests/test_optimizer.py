@@ -351,3 +351,18 @@ def test_default_weights_say_they_are_not_shipped_yet(monkeypatch: pytest.Monkey
     monkeypatch.setattr("torch_lstm_optim.weights.bundled_root", lambda: tmp_path)
     with pytest.raises(WeightsError, match="default weights .* are not bundled"):
         LSTMOptimizer(make_params())
+
+
+def test_bfloat16_state_keeps_an_exact_step_count() -> None:
+    """bfloat16 counts only to 256: the scale_free step count must stay float32 (and survive a state_dict)."""
+    param = torch.zeros(3, requires_grad=True)
+    optimizer = LSTMOptimizer([param], weights=make_network(preprocessing="scale_free"), state_dtype=torch.bfloat16)
+    for _ in range(300):
+        param.grad = torch.ones(3)
+        optimizer.step()
+    state = optimizer.state[param]
+    assert state["t"].dtype == torch.float32 and state["t"].tolist() == [300.0] * 3
+    assert state["h0"].dtype == torch.bfloat16
+    restored = LSTMOptimizer([param], weights=optimizer.network, state_dtype=torch.bfloat16)
+    restored.load_state_dict(optimizer.state_dict())
+    assert restored.state[param]["t"].dtype == torch.float32

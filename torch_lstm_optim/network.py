@@ -122,6 +122,14 @@ def state_names(config: NetworkConfig) -> tuple[str, ...]:
     return lstm
 
 
+def state_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype state tensor ``name`` is kept in when the state is asked for in ``dtype``.
+
+    The step count ``t`` stays float32 whatever ``dtype``: bfloat16 counts only to 256.
+    """
+    return torch.float32 if name == "t" else dtype
+
+
 class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_lstm_optim",
                          tags=["learned-optimizer", "learning-to-learn"]):
     """A stack of LSTM cells shared by every coordinate, plus a linear output head.
@@ -212,7 +220,7 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
     def init_state(self, grad: Tensor, dtype: torch.dtype = torch.float32) -> State:
         """Fresh (all-zero) per-coordinate state for a flat gradient ``grad`` of N coordinates."""
         n, h = grad.numel(), self.config.hidden_size
-        return {name: grad.new_zeros((n, h) if name[0] in "hc" else (n,), dtype=dtype)
+        return {name: grad.new_zeros((n, h) if name[0] in "hc" else (n,), dtype=state_dtype(name, dtype))
                 for name in state_names(self.config)}
 
     def features(self, grad: Tensor, state: State) -> tuple[Tensor, State]:

@@ -8,6 +8,7 @@ bounded by the chunk, not by the model.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from .network import CoordinatewiseLSTM, State, state_names
+from .network import CoordinatewiseLSTM, State, state_dtype, state_names
 from .weights import load_network
 
 
@@ -98,7 +99,8 @@ class LSTMOptimizer(Optimizer):
 
     def _network_on(self, device: torch.device) -> CoordinatewiseLSTM:
         if device not in self._networks:
-            self._networks[device] = self.network if device.type == "cpu" else self.network.to(device)
+            on_device = next(self.network.parameters()).device == device
+            self._networks[device] = self.network if on_device else copy.deepcopy(self.network).to(device)
         return self._networks[device]
 
     def _rule_on(self, device: torch.device) -> Callable[[Tensor, State], tuple[Tensor, State]]:
@@ -230,7 +232,7 @@ class LSTMOptimizer(Optimizer):
         for saved_id, p in zip(saved_ids, params):
             saved = state_dict["state"].get(saved_id)
             if saved is not None:
-                self.state[p] = {k: (v.to(device=p.device, dtype=self.state_dtype, copy=True)
+                self.state[p] = {k: (v.to(device=p.device, dtype=state_dtype(k, self.state_dtype), copy=True)
                                      if isinstance(v, Tensor) else v) for k, v in saved.items()}
 
     def _validate_state_dict(self, state_dict: dict[str, Any]) -> None:
