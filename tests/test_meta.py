@@ -61,6 +61,9 @@ def test_meta_objectives() -> None:
     losses = torch.tensor([[1.0, 100.0], [3.0, 100.0]])
     assert float(meta_loss(losses, "sum")) == pytest.approx((4 + 200) / 2)
     assert float(meta_loss(losses, "log")) == pytest.approx(float(losses.log().mean()))
+    assert float(meta_loss(losses, "final")) == pytest.approx(float(losses[-1].log().mean()))
+    long = torch.arange(1.0, 41.0).unsqueeze(1)
+    assert float(meta_loss(long, "final")) == pytest.approx(float(long[-4:].log().mean()))
     with pytest.raises(ValueError, match="unknown meta-objective"):
         meta_loss(losses, "max")
 

@@ -69,7 +69,9 @@ class MetaTrainConfig:
                 "(default: meta_lr)"})
     iterations: int = field(default=300, metadata={"help": "meta-iterations (each a full horizon)"})
     clip: float = field(default=1.0, metadata={"help": "meta-gradient norm clipping"})
-    objective: str = field(default="sum", metadata={"help": "meta-objective: 'sum' (paper) or 'log' (mean log loss)"})
+    objective: str = field(default="sum", metadata={
+        "help": "meta-objective: 'sum' (paper), 'log' (mean log loss) or 'final' (log loss of the last tenth of "
+                "each truncation)"})
     seed: int = field(default=0, metadata={"help": "seed of the network's init and of the problems sampled"})
     eval_every: int = field(default=10, metadata={"help": "iterations between validations"})
     val_problems: int = field(default=16, metadata={"help": "validation problems (val split)"})
@@ -116,8 +118,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
             parser.error(f"--{name.replace('_', '-')} must be >= 1, found {getattr(config, name)}")
     if config.horizon % config.truncation:
         parser.error(f"--horizon ({config.horizon}) must be a multiple of --truncation ({config.truncation})")
-    if config.objective not in ("sum", "log"):
-        parser.error(f"--objective must be 'sum' or 'log', found {config.objective!r}")
+    if config.objective not in ("sum", "log", "final"):
+        parser.error(f"--objective must be 'sum', 'log' or 'final', found {config.objective!r}")
     malformed = [item for item in config.task_arg if "=" not in item]
     if malformed:
         parser.error(f"--task-arg expects key=value, found {malformed[0]!r}")
