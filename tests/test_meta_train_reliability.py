@@ -202,7 +202,7 @@ def test_too_many_diverging_unrolls_in_a_row_stop_with_the_best_weights_intact(
 @pytest.mark.parametrize("flags, message", [
     (["--horizon", "0"], "--horizon must be >= 1"),
     (["--horizon", "5"], "--horizon (5) must be a multiple of --truncation (2)"),
-    (["--objective", "max"], "--objective must be 'sum' or 'log'"),
+    (["--objective", "max"], "--objective must be 'sum', 'log' or 'final'"),
     (["--meta-lr", "fast"], "argument --meta-lr: invalid float value: 'fast'"),
     (["--hidden-size", "1000000000"], "config field 'hidden_size' must be in"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
