@@ -75,10 +75,10 @@ def run_many(task: Task, seeds: Iterable[int], split: str, make: Callable[[list[
 
 
 def tune_lr(task: Task, factory: OptimizerFactory, steps: int, seeds: Iterable[int],
-            grid: Iterable[float] = LR_GRID) -> tuple[float, dict[float, float]]:
-    """The grid learning rate with the lowest mean final loss on ``val`` problems; and every lr's score."""
+            grid: Iterable[float] = LR_GRID, split: str = "val") -> tuple[float, dict[float, float]]:
+    """The grid learning rate with the lowest mean final loss on ``split`` problems; and every lr's score."""
     seeds = list(seeds)
-    scores = {lr: _mean([r.final for r in run_many(task, seeds, "val", lambda p, lr=lr: factory(p, lr), steps)])
+    scores = {lr: _mean([r.final for r in run_many(task, seeds, split, lambda p, lr=lr: factory(p, lr), steps)])
               for lr in grid}
     return min(scores, key=scores.get), scores
 
@@ -96,24 +96,26 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
 
 
 def evaluate(task: Task, network: CoordinatewiseLSTM, steps: int = 100, runs: int = 20, tune_runs: int = 5,
-             baselines: Iterable[str] = tuple(BASELINES), grid: Iterable[float] = LR_GRID,
-             lrs: dict[str, float] | None = None) -> dict[str, Any]:
+             baselines: Iterable[str] | dict[str, OptimizerFactory] = tuple(BASELINES),
+             grid: Iterable[float] = LR_GRID, lrs: dict[str, float] | None = None) -> dict[str, Any]:
     """Learned optimizer vs tuned baselines on ``runs`` test problems; returns a JSON-able result dict.
 
-    ``lrs`` fixes baseline learning rates instead of tuning them (e.g. to reuse a tuning).
+    ``baselines`` names entries of :data:`BASELINES`, or maps names to factories ``(params, lr) -> optimizer`` of
+    any others (e.g. other learned weights). ``lrs`` fixes baseline learning rates instead of tuning them (e.g. to
+    reuse a tuning, or to run learned weights at their ``lr=1``).
     """
     seeds = range(runs)
     results: dict[str, Any] = {"learned": {"lr": 1.0, **summarise(
         run_many(task, seeds, "test", lambda p: LSTMOptimizer(p, weights=network), steps))}}
-    for name in baselines:
-        factory = BASELINES[name]
+    factories = baselines if isinstance(baselines, dict) else {name: BASELINES[name] for name in baselines}
+    for name, factory in factories.items():
         if lrs and name in lrs:
             lr, scores = lrs[name], {}
         else:
             lr, scores = tune_lr(task, factory, steps, range(tune_runs), grid)
         results[name] = {"lr": lr, "tuning_scores": {str(k): v for k, v in scores.items()},
                          **summarise(run_many(task, seeds, "test", lambda p: factory(p, lr), steps))}
-    best = min(BASELINES.keys() & results.keys(), key=lambda k: results[k]["final_mean"])
+    best = min(factories, key=lambda k: results[k]["final_mean"])
     learned = results["learned"]
     diff = torch.tensor(learned["finals"], dtype=torch.float64) - torch.tensor(results[best]["finals"],
                                                                                dtype=torch.float64)

@@ -10,18 +10,21 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .base import Params, Problem, Task, TaskError, check_task, module_problem, step_generator
+from .base import (Forward, Params, Problem, SeedSplits, Task, TaskError, check_task, module_problem, split_seed,
+                   step_generator)
 from .mnist import MnistMLP
 from .quadratic import Quadratic
 
 TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": MnistMLP}
 
-__all__ = ["Params", "Problem", "TASKS", "Task", "TaskError", "check_task", "make_task", "module_problem",
-           "step_generator"]
+__all__ = ["Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task", "make_task",
+           "module_problem", "split_seed", "step_generator"]
 
 
 def make_task(name: str, data_dir: str | None = None, **options: Any) -> Task:
-    """Build a task from a registered name or ``"package.module:factory"``, with ``options`` as keyword args.
+    """Build a task from a registered name or ``"package.module:factory"``, with ``options`` as keyword args, and
+    return it checked by :func:`check_task` (so a task whose ``sample`` takes no split comes back in
+    :class:`SeedSplits`).
 
     ``data_dir`` is passed on only to factories that take a ``data_dir`` (tasks with data), so one command line
     can name it whatever the task.

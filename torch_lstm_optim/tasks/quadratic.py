@@ -6,9 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import SPLITS, Problem
-
-_SPLIT_OFFSET = {split: i * 10_000_000 for i, split in enumerate(SPLITS)}
+from .base import Problem, split_seed
 
 
 @dataclass
@@ -19,7 +17,7 @@ class Quadratic:
     name: str = "quadratic"
 
     def sample(self, seed: int, split: str = "train") -> Problem:
-        gen = torch.Generator().manual_seed(_SPLIT_OFFSET[split] + seed)
+        gen = torch.Generator().manual_seed(split_seed(seed, split))
         w = torch.randn(self.dim, self.dim, generator=gen)
         y = torch.randn(self.dim, generator=gen)
         theta = torch.randn(self.dim, generator=gen)
