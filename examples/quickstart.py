@@ -4,6 +4,11 @@
     python examples/quickstart.py --weights FOLDER  # a folder with config.json + model.safetensors
 
 ``LSTMOptimizer`` is used like any ``torch.optim`` optimizer: ``zero_grad()``, ``backward()``, ``step()``.
+
+The default weights (``mnist-mlp``) were meta-trained on the paper's MNIST MLP, starting from SGD with Nesterov
+momentum at lr 1, and their steps scale with the gradient like NAG's. On another model they need what NAG needs: a
+learning rate that suits it. ``lr`` multiplies the network's update; 0.1 suits this regression (at ``lr=1`` it
+diverges here, as NAG at lr 1 does). A default that needs no such choice is the open "generalist" work.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     parser.add_argument("--weights", default=None,
                         help="bundled name, weights folder or hub repo id (default: the bundled default weights)")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps to take")
+    parser.add_argument("--lr", type=float, default=0.1, help="multiplies the learned update (see above)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the model's initialisation")
     args = parser.parse_args(argv)
 
@@ -30,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     inputs = torch.randn(512, 10)
     targets = torch.sin(inputs @ torch.randn(10, 1))
     model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 1))
-    optimizer = LSTMOptimizer(model.parameters(), weights=args.weights)
+    optimizer = LSTMOptimizer(model.parameters(), weights=args.weights, lr=args.lr)
 
     losses = []
     for step in range(args.steps):
