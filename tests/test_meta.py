@@ -94,3 +94,15 @@ def test_evaluate_reports_tuned_baselines(tmp_path: Path) -> None:
     assert len(result["optimizers"]["learned"]["curve_mean"]) == 6
     assert result["best_baseline"] in ("sgd", "adam")
     json.dumps(result)
+
+
+def test_evaluate_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from torch_lstm_optim.evaluate import main as evaluate_main
+
+    for argv, message in ((["--task", "nope"], "unknown task 'nope'"),
+                          (["--task", "quadratic", "--weights", str(tmp_path / "missing")], "unknown weights")):
+        with pytest.raises(SystemExit) as stop:
+            evaluate_main([*argv, "--out", str(tmp_path / "out")])
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert not (tmp_path / "out").exists()

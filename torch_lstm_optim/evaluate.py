@@ -13,6 +13,8 @@ import argparse
 import json
 import math
 import platform
+import shlex
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,8 +26,8 @@ from torch import Tensor
 
 from .network import CoordinatewiseLSTM
 from .optimizer import LSTMOptimizer
-from .tasks import Problem, Task, make_task
-from .weights import load_network
+from .tasks import Problem, Task, TaskError, make_task
+from .weights import WeightsError, load_network
 
 OptimizerFactory = Callable[[list[Tensor], float], torch.optim.Optimizer]
 BASELINES: dict[str, OptimizerFactory] = {
@@ -220,16 +222,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     options = parse_task_args(args.task_arg)
-    task = make_task(args.task, data_dir=args.data_dir, **options)
-    network = load_network(args.weights)
+    try:
+        task = make_task(args.task, data_dir=args.data_dir, **options)
+        network = load_network(args.weights)
+    except (TaskError, WeightsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     start = time.time()
     result = evaluate(task, network, args.steps, args.runs, args.tune_runs)
     result.update(weights=str(args.weights or "default"), task_options=options, wall_seconds=time.time() - start,
-                  machine=machine_description(), command="python -m torch_lstm_optim.evaluate " + " ".join(
-                      argv if argv is not None else __import__("sys").argv[1:]))
+                  machine=machine_description(), command="python -m torch_lstm_optim.evaluate " + shlex.join(
+                      argv if argv is not None else sys.argv[1:]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "results.json")  # a killed run never leaves a half-written results.json
     plot(result, out / f"{task.name}.png")
     if args.update_card:
         update_card(Path(network.source.folder), result)
