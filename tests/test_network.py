@@ -235,6 +235,16 @@ def test_adam_head_follows_the_momentum_at_the_given_lr() -> None:
     torch.testing.assert_close(update, -0.1 * (1 - 0.9 ** 50) * grad.sign(), rtol=1e-5, atol=1e-7)
 
 
+def test_any_betas_give_a_working_start() -> None:
+    """Without 0.9 among the betas the head starts from the nearest momentum (weights of any config must load)."""
+    network = make_network(preprocessing="scale_free", log_rms_feature=True, output="direction_magnitude",
+                           betas=(0.5, 0.8))
+    direction = network.head.weight[0, network.config.hidden_size:]
+    assert direction.tolist() == [0.0, 0.0, -1.0, 0.0]
+    network.init_head("nag", 1.0)
+    assert network.head.weight[0, network.config.hidden_size:].tolist() == pytest.approx([-1.0, 0.0, -4.0, 0.0])
+
+
 def test_init_head_refuses_rules_the_config_cannot_express() -> None:
     with pytest.raises(ValueError, match="needs output='direction_magnitude'"):
         make_network().init_head("adam", 0.1)

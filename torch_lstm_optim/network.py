@@ -174,26 +174,28 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
     def init_head(self, rule: str, lr: float) -> None:
         """Set the head so that the network, ignoring its LSTM, IS a classic rule at learning rate ``lr``.
 
-        ``"adam"``: ``-lr * m_0.9 / rms`` (Adam's direction; the momentum's zero start acts as a short warm-up).
-        ``"nag"``: ``-lr * (g + 9 m_0.9)``, i.e. SGD with Nesterov momentum 0.9 (``b = 0.9 b + g``,
-        ``step = g + 0.9 b``), written as ``rms * (g/rms + 9 m/rms)``; needs ``log_rms_feature``.
-        Meta-training then starts from a working optimizer and learns corrections through ``h``.
+        With ``b`` the momentum of ``betas`` nearest 0.9 and ``m`` its EMA: ``"adam"`` is ``-lr * m / rms`` (Adam's
+        direction; the EMA's zero start acts as a short warm-up); ``"nag"`` is ``-lr * (g + b/(1-b) m)``, i.e. SGD
+        with Nesterov momentum ``b`` (``buf = b buf + g``, ``step = g + b buf``), written as
+        ``rms * (g/rms + b/(1-b) m/rms)``; it needs ``log_rms_feature``. Meta-training then starts from a working
+        optimizer and learns corrections through ``h``.
         """
         cfg = self.config
-        if cfg.output != "direction_magnitude" or 0.9 not in cfg.betas:
-            raise ValueError("init_head needs output='direction_magnitude' and 0.9 among the betas")
+        if cfg.output != "direction_magnitude":
+            raise ValueError("init_head needs output='direction_magnitude'")
         if rule not in ("adam", "nag") or (rule == "nag" and not cfg.log_rms_feature):
             raise ValueError(f"unknown rule {rule!r} for this config: 'adam', or 'nag' with log_rms_feature")
-        h, momentum = cfg.hidden_size, 1 + cfg.betas.index(0.9)
+        index = min(range(len(cfg.betas)), key=lambda i: abs(cfg.betas[i] - 0.9))
+        beta, h = cfg.betas[index], cfg.hidden_size
         with torch.no_grad():
             self.head.weight.zero_()
             self.head.bias.zero_()
             self.head.bias[1] = math.log(lr / cfg.output_scale)
             if rule == "adam":
-                self.head.weight[0, h + momentum] = -1.0
+                self.head.weight[0, h + 1 + index] = -1.0
             else:
                 self.head.weight[0, h] = -1.0
-                self.head.weight[0, h + momentum] = -9.0
+                self.head.weight[0, h + 1 + index] = -beta / (1 - beta)
                 self.head.weight[1, h + 1 + len(cfg.betas)] = 1.0
 
     def _save_pretrained(self, save_directory: Path) -> None:
