@@ -58,7 +58,7 @@ class LSTMOptimizer(Optimizer):
             :class:`NonFiniteGradientError` naming the parameter before anything changes.
         revision: hub revision (branch, tag or commit) when ``weights`` is a hub repo id.
         compile: run the update rule as ``torch.compile(network.step, dynamic=True)``: the same math, fused,
-            with updates equal to eager within float rounding. On CPU steps are 1.3-1.8x faster from 10k to 1M
+            with updates equal to eager within float rounding. On CPU steps are 1.2-1.75x faster from 10k to 1M
             parameters, mostly because fewer temporaries are faulted in as fresh pages (1.1x where the allocator
             keeps its memory; README "Speed and memory"); the first step pays the compilation (about 10 s).
     """
