@@ -1,9 +1,11 @@
 """``LSTMOptimizer``: a ``torch.optim.Optimizer`` that applies a coordinatewise LSTM's update to every parameter.
 
 ``p <- p + lr * m(g)`` where ``m`` is :meth:`CoordinatewiseLSTM.step`, the same rule the meta-trainer unrolls.
-All coordinates of a step (every parameter of every group with the same settings) are flattened into one batch
-and fed to the network in chunks of at most ``chunk_size`` coordinates, so the transient memory of a step is
-bounded by the chunk, not by the model.
+Each param group may have its own network (``{"params": ..., "weights": ...}``, as in the paper's CIFAR-10 setup:
+one LSTM for the convolutions, one for the rest). All coordinates of a step that share a network and a device
+(every parameter of every group using it, whatever the group's ``lr``, ``weight_decay`` or ``maximize``) are
+flattened into one batch and fed to that network in chunks of at most ``chunk_size`` coordinates, so the transient
+memory of a step is bounded by the chunk, not by the model; each other network gets its own calls.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from .network import CoordinatewiseLSTM, State, state_dtype, state_names
-from .weights import load_network
+from .weights import StateDictError, WeightsError, load_network
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -38,15 +40,20 @@ class _Segment:
     state: dict[str, Any]
     start: int
     stop: int
+    lr: float
 
 
 class LSTMOptimizer(Optimizer):
     """The learned optimizer of Andrychowicz et al. (2016), as a drop-in ``torch.optim.Optimizer``.
 
     Args:
-        params: parameters or param groups, as for any torch optimizer.
+        params: parameters or param groups, as for any torch optimizer. A group may name its own network with
+            ``"weights"`` (anything ``weights`` takes) and, for a hub repo id, ``"revision"``:
+            ``LSTMOptimizer([{"params": convs, "weights": a}, {"params": others, "weights": b}])``. Groups
+            without ``"weights"`` use ``weights``. Groups naming the same weights share one network.
         weights: a :class:`CoordinatewiseLSTM`, a bundled name, a folder with ``config.json`` +
-            ``model.safetensors``, or a hub repo id. ``None`` picks the bundled default.
+            ``model.safetensors``, or a hub repo id. ``None`` picks the bundled default. Loaded only if some
+            group has no ``"weights"`` of its own.
         lr: multiplies the network's update (1.0 is the rule as meta-trained), so lr schedulers work as usual.
         weight_decay: L2 penalty added to the gradient before the network sees it.
         maximize: maximise the objective instead of minimising it.
@@ -81,34 +88,78 @@ class LSTMOptimizer(Optimizer):
             raise ValueError(f"Invalid nonfinite: {nonfinite!r} (must be 'skip' or 'raise')")
         if not isinstance(compile, bool):
             raise ValueError(f"Invalid compile: {compile!r} (must be True or False)")
-        if isinstance(weights, CoordinatewiseLSTM):
-            self.network = weights
-        else:
-            self.network = load_network(weights, revision=revision)
-        if state_dtype == torch.float16 and self.network.config.preprocessing == "scale_free":
-            raise ValueError("Invalid state_dtype: torch.float16 cannot hold the scale_free feature accumulators "
-                             "(an EMA of g^2 overflows float16's range of 65504); use torch.bfloat16 or torch.float32")
         self.chunk_size = chunk_size
         self.state_dtype = state_dtype
         self.nonfinite = nonfinite
         self.nonfinite_count = 0
         self.compile = compile
-        self._networks: dict[torch.device, CoordinatewiseLSTM] = {}
-        self._rules: dict[torch.device, Callable[[Tensor, State], tuple[Tensor, State]]] = {}
+        self._default_weights, self._default_revision = weights, revision
+        self._default: CoordinatewiseLSTM | None = None
+        self._loaded: dict[tuple[str, str | None], CoordinatewiseLSTM] = {}
+        # The network of each param group, aligned with ``self.param_groups`` (not kept in the group dicts, whose
+        # entries go into ``state_dict()``; a network is no state-dict value).
+        self._group_networks: list[CoordinatewiseLSTM] = []
+        self._networks: dict[tuple[int, torch.device], CoordinatewiseLSTM] = {}
+        self._rules: dict[tuple[int, torch.device], Callable[[Tensor, State], tuple[Tensor, State]]] = {}
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, maximize=maximize))
 
-    def _network_on(self, device: torch.device) -> CoordinatewiseLSTM:
-        if device not in self._networks:
-            on_device = next(self.network.parameters()).device == device
-            self._networks[device] = self.network if on_device else copy.deepcopy(self.network).to(device)
-        return self._networks[device]
+    @property
+    def network(self) -> CoordinatewiseLSTM:
+        """The network of groups without ``"weights"`` of their own: the constructor's ``weights``."""
+        if self._default is None:
+            self._default = self._load(self._default_weights, self._default_revision)
+        return self._default
 
-    def _rule_on(self, device: torch.device) -> Callable[[Tensor, State], tuple[Tensor, State]]:
+    def network_of(self, group_index: int) -> CoordinatewiseLSTM:
+        """The network that steps the parameters of ``self.param_groups[group_index]``."""
+        return self._group_networks[group_index]
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group as torch does; its ``"weights"`` (and ``"revision"``) pick its network, else the default."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param group must be a dict, found {type(param_group).__name__}")
+        group = dict(param_group)
+        weights, revision = group.pop("weights", None), group.pop("revision", None)
+        if weights is None and revision is not None:
+            raise ValueError(f"param group {len(self.param_groups)} has a 'revision' but no 'weights'")
+        try:
+            network = self.network if weights is None else self._load(weights, revision)
+        except WeightsError as error:
+            if weights is None:
+                raise
+            raise WeightsError(f"param group {len(self.param_groups)}: {error}") from None
+        super().add_param_group(group)
+        self._group_networks.append(network)
+
+    def _load(self, weights: CoordinatewiseLSTM | str | Path | None, revision: str | None) -> CoordinatewiseLSTM:
+        """Resolve ``weights`` to a network; the same name (and revision) gives the same network object."""
+        if isinstance(weights, CoordinatewiseLSTM):
+            network = weights
+        else:
+            key = (str(weights) if isinstance(weights, (str, Path)) else repr(weights), revision)
+            if key not in self._loaded:
+                self._loaded[key] = load_network(weights, revision=revision)
+            network = self._loaded[key]
+        if self.state_dtype == torch.float16 and network.config.preprocessing == "scale_free":
+            raise ValueError("Invalid state_dtype: torch.float16 cannot hold the scale_free feature accumulators "
+                             "(an EMA of g^2 overflows float16's range of 65504); use torch.bfloat16 or torch.float32")
+        return network
+
+    def _network_on(self, network: CoordinatewiseLSTM, device: torch.device) -> CoordinatewiseLSTM:
+        key = (id(network), device)
+        if key not in self._networks:
+            on_device = next(network.parameters()).device == device
+            self._networks[key] = network if on_device else copy.deepcopy(network).to(device)
+        return self._networks[key]
+
+    def _rule_on(self, network: CoordinatewiseLSTM,
+                 device: torch.device) -> Callable[[Tensor, State], tuple[Tensor, State]]:
         """The update rule for coordinates on ``device``: the network's ``step``, compiled once if ``compile``."""
-        if device not in self._rules:
-            step = self._network_on(device).step
-            self._rules[device] = torch.compile(step, dynamic=True) if self.compile else step
-        return self._rules[device]
+        key = (id(network), device)
+        if key not in self._rules:
+            step = self._network_on(network, device).step
+            self._rules[key] = torch.compile(step, dynamic=True) if self.compile else step
+        return self._rules[key]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -125,12 +176,13 @@ class LSTMOptimizer(Optimizer):
                                        f"{tuple(p.shape)}); use a dense embedding or another optimizer for it")
         if self.nonfinite == "raise":
             self._check_finite(groups)
-        for group, params in groups:
-            by_device: dict[torch.device, list[Tensor]] = {}
+        # One batch per (network, device): groups sharing a network are stepped together.
+        batches: dict[tuple[int, torch.device], tuple[CoordinatewiseLSTM, list[tuple[dict[str, Any], Tensor]]]] = {}
+        for network, (group, params) in zip(self._group_networks, groups):
             for p in params:
-                by_device.setdefault(p.device, []).append(p)
-            for device, device_params in by_device.items():
-                self._update(group, device_params, self._network_on(device))
+                batches.setdefault((id(network), p.device), (network, []))[1].append((group, p))
+        for (_, device), (network, members) in batches.items():
+            self._update(members, network, device)
         return loss
 
     def _check_finite(self, groups: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
@@ -145,14 +197,17 @@ class LSTMOptimizer(Optimizer):
                         f"non-finite gradient in parameter{name} (param group {group_index}, parameter {index}, "
                         f"shape {tuple(p.shape)}); nothing was updated")
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], network: CoordinatewiseLSTM) -> None:
-        """Flatten the group's coordinates, run them through the network chunk by chunk, write back in place.
+    def _update(self, members: list[tuple[dict[str, Any], Tensor]], network: CoordinatewiseLSTM,
+                device: torch.device) -> None:
+        """Flatten the coordinates of ``members`` (group, parameter), all stepped by ``network`` on ``device``, run
+        them through it chunk by chunk, and write back in place; each parameter with its group's settings.
 
         A DTensor parameter (FSDP2's ``fully_shard``) is updated through its local shard: each process steps the
         coordinates it holds, with their state (:func:`_sharded_like`), and no communication.
         """
+        rule, network = self._rule_on(network, device), self._network_on(network, device)
         segments, copies = [], []
-        for p in params:
+        for group, p in members:
             local = _local(p)
             grad = _local(p.grad).reshape(-1)
             if group["maximize"]:
@@ -168,13 +223,14 @@ class LSTMOptimizer(Optimizer):
             flat = local.view(-1) if local.is_contiguous() else local.contiguous().view(-1)
             if not local.is_contiguous():
                 copies.append((local, flat))
-            segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel()))
-        for chunk in _chunks(segments, self.chunk_size or default_chunk_size(params[0].device)):
-            self._apply_chunk(chunk, network, group["lr"])
+            segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel(), group["lr"]))
+        for chunk in _chunks(segments, self.chunk_size or default_chunk_size(device)):
+            self._apply_chunk(chunk, network, rule)
         for local, flat in copies:
             local.copy_(flat.view_as(local))
 
-    def _apply_chunk(self, chunk: list[_Segment], network: CoordinatewiseLSTM, lr: float) -> None:
+    def _apply_chunk(self, chunk: list[_Segment], network: CoordinatewiseLSTM,
+                     rule: Callable[[Tensor, State], tuple[Tensor, State]]) -> None:
         names = state_names(network.config)
         grad = _cat([s.grad[s.start:s.stop] for s in chunk])
         state = {k: _cat([s.state[k][s.start:s.stop] for s in chunk]) for k in names}
@@ -182,7 +238,7 @@ class LSTMOptimizer(Optimizer):
         all_finite = bool(finite.all())
         if not all_finite:
             grad = torch.where(finite, grad, 0.0)
-        update, new_state = self._rule_on(grad.device)(grad, state)
+        update, new_state = rule(grad, state)
         if not all_finite:
             self._count_nonfinite(int((~finite).sum()))
             update = torch.where(finite, update, 0.0)
@@ -194,7 +250,7 @@ class LSTMOptimizer(Optimizer):
             n = s.stop - s.start
             for k in names:
                 s.state[k][s.start:s.stop].copy_(new_state[k][offset:offset + n])
-            s.flat_param[s.start:s.stop].add_(update[offset:offset + n].to(s.flat_param.dtype), alpha=lr)
+            s.flat_param[s.start:s.stop].add_(update[offset:offset + n].to(s.flat_param.dtype), alpha=s.lr)
             offset += n
 
     def _count_nonfinite(self, count: int) -> None:
@@ -205,15 +261,17 @@ class LSTMOptimizer(Optimizer):
         self.nonfinite_count += count
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's optimizer state dict plus ``"network"``: the config and source of the network the state belongs to.
+        """torch's optimizer state dict plus ``"network"``: the networks the state belongs to.
 
-        ``source`` (weights name, folder and hub commit hash; ``None`` for a network built in code) traces a run to
-        the exact weights. Only the config is checked on load, so the same weights loaded from elsewhere fit.
+        ``"network"`` holds ``"config"``, ``"source"`` and ``"state_dtype"`` of param group 0's network (for a
+        single network, *the* network, as before per-group networks existed) and ``"groups"``: one
+        ``{"config", "source"}`` per param group. ``source`` (weights name, folder and hub commit hash; ``None``
+        for a network built in code) traces a run to the exact weights. Only configs are checked on load, so the
+        same weights loaded from elsewhere fit.
         """
         state_dict = super().state_dict()
-        source = getattr(self.network, "source", None)
-        state_dict["network"] = {"config": self.network.config.to_dict(), "state_dtype": str(self.state_dtype),
-                                 "source": None if source is None else asdict(source)}
+        groups = [_network_record(network) for network in self._group_networks]
+        state_dict["network"] = {**groups[0], "state_dtype": str(self.state_dtype), "groups": groups}
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -221,8 +279,9 @@ class LSTMOptimizer(Optimizer):
 
         The per-coordinate state is restored exactly (torch's base class would cast it to each parameter's dtype,
         which for bfloat16 parameters would lose the float32 state's bits). ``"network"`` may be missing, as in what
-        ``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict`` passes on: then the network's config is
-        not compared, only the names and shapes of the state it must fit.
+        ``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict`` passes on: then the networks' configs
+        are not compared, only the names and shapes of the state they must fit. A ``"network"`` without
+        ``"groups"`` (saved by a version without per-group networks) is compared with every group's network.
         """
         self._validate_state_dict(state_dict)
         state_dict = {k: v for k, v in state_dict.items() if k != "network"}
@@ -236,49 +295,73 @@ class LSTMOptimizer(Optimizer):
                                      if isinstance(v, Tensor) else v) for k, v in saved.items()}
 
     def _validate_state_dict(self, state_dict: dict[str, Any]) -> None:
-        from .weights import StateDictError
-
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
             raise StateDictError("not an optimizer state dict: expected keys 'state' and 'param_groups'")
-        # torch.distributed.checkpoint's get/set_optimizer_state_dict keep only "state" and "param_groups": without
-        # "network" the config cannot be compared, but the names and shapes of the state entries still are, below.
-        network = state_dict.get("network")
-        if "network" in state_dict and (not isinstance(network, dict)
-                                        or network.get("config") != self.network.config.to_dict()):
-            found = network.get("config") if isinstance(network, dict) else None
-            raise StateDictError(f"state dict was made for another network: its config is {found}, this "
-                                 f"optimizer's network has {self.network.config.to_dict()}")
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups) or any(
                 len(g["params"]) != len(ours["params"]) for g, ours in zip(groups, self.param_groups)):
             raise StateDictError(f"state dict has param groups of sizes {[len(g['params']) for g in groups]}, "
                                  f"this optimizer has {[len(g['params']) for g in self.param_groups]}")
-        names = set(state_names(self.network.config))
-        saved_ids = chain.from_iterable(g["params"] for g in groups)
-        params = chain.from_iterable(g["params"] for g in self.param_groups)
-        for index, (saved_id, p) in enumerate(zip(saved_ids, params)):
-            saved = state_dict["state"].get(saved_id)
-            if saved is None:
-                continue
-            where = f"state of parameter {index} (shape {tuple(p.shape)})"
-            if set(saved) != names | {"step"}:
-                raise StateDictError(f"{where} has keys {sorted(saved)}, expected {sorted(names | {'step'})}")
-            if not isinstance(saved["step"], int) or saved["step"] < 0:
-                raise StateDictError(f"{where} has step {saved['step']!r}, expected an int >= 0")
-            # A DTensor parameter's state has the parameter's shape (see _sharded_like), a plain one's is flat.
-            coordinates = tuple(p.shape) if isinstance(p, DTensor) else (p.numel(),)
-            for k in sorted(names):
-                v = saved[k]
-                shape = (*coordinates, self.network.config.hidden_size) if k[0] in "hc" else coordinates
-                if not isinstance(v, Tensor) or tuple(v.shape) != shape:
-                    found = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-                    raise StateDictError(f"{where}: entry {k!r} has shape {found}, expected {shape}")
-                if isinstance(v, DTensor) != isinstance(p, DTensor):
-                    raise StateDictError(f"{where}: entry {k!r} is a {type(v).__name__} but the parameter is a "
-                                         f"{type(p).__name__}; load sharded (FSDP2) state with torch.distributed."
-                                         "checkpoint.state_dict.set_optimizer_state_dict")
-                if not v.is_floating_point() or not torch.isfinite(v).all():
-                    raise StateDictError(f"{where}: entry {k!r} is not a finite floating-point tensor")
+        # torch.distributed.checkpoint's get/set_optimizer_state_dict keep only "state" and "param_groups": without
+        # "network" the configs cannot be compared, but the names and shapes of the state entries still are, below.
+        if "network" in state_dict:
+            self._check_networks(state_dict["network"])
+        index = 0
+        for group_index, (saved_group, group) in enumerate(zip(groups, self.param_groups)):
+            config = self._group_networks[group_index].config
+            names = set(state_names(config))
+            for saved_id, p in zip(saved_group["params"], group["params"]):
+                saved = state_dict["state"].get(saved_id)
+                where = f"state of parameter {index} (shape {tuple(p.shape)}, param group {group_index})"
+                index += 1
+                if saved is not None:
+                    _check_entry(saved, p, names, config.hidden_size, where)
+
+    def _check_networks(self, record: object) -> None:
+        """Compare the state dict's ``"network"`` record with each group's network; raise naming the group."""
+        ours = [network.config.to_dict() for network in self._group_networks]
+        if not isinstance(record, dict):
+            raise StateDictError(f"state dict entry 'network' must be a dict, found {type(record).__name__}")
+        if "groups" in record:
+            saved = record["groups"]
+            if not isinstance(saved, list) or len(saved) != len(ours):
+                found = len(saved) if isinstance(saved, list) else type(saved).__name__
+                raise StateDictError(f"state dict's 'network' records {found} param groups' networks, this "
+                                     f"optimizer has {len(ours)} param groups")
+            saved = [g.get("config") if isinstance(g, dict) else None for g in saved]
+        else:  # a state dict from before per-group networks: one network for every group
+            saved = [record.get("config")] * len(ours)
+        for group_index, (found, expected) in enumerate(zip(saved, ours)):
+            if found != expected:
+                raise StateDictError(f"param group {group_index}: state dict was made for another network: its "
+                                     f"config is {found}, this group's network has {expected}")
+
+
+def _network_record(network: CoordinatewiseLSTM) -> dict[str, Any]:
+    source = getattr(network, "source", None)
+    return {"config": network.config.to_dict(), "source": None if source is None else asdict(source)}
+
+
+def _check_entry(saved: dict[str, Any], p: Tensor, names: set[str], hidden_size: int, where: str) -> None:
+    """Check one parameter's saved state against the network that steps it; raise :class:`StateDictError`."""
+    if set(saved) != names | {"step"}:
+        raise StateDictError(f"{where} has keys {sorted(saved)}, expected {sorted(names | {'step'})}")
+    if not isinstance(saved["step"], int) or saved["step"] < 0:
+        raise StateDictError(f"{where} has step {saved['step']!r}, expected an int >= 0")
+    # A DTensor parameter's state has the parameter's shape (see _sharded_like), a plain one's is flat.
+    coordinates = tuple(p.shape) if isinstance(p, DTensor) else (p.numel(),)
+    for k in sorted(names):
+        v = saved[k]
+        shape = (*coordinates, hidden_size) if k[0] in "hc" else coordinates
+        if not isinstance(v, Tensor) or tuple(v.shape) != shape:
+            found = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+            raise StateDictError(f"{where}: entry {k!r} has shape {found}, expected {shape}")
+        if isinstance(v, DTensor) != isinstance(p, DTensor):
+            raise StateDictError(f"{where}: entry {k!r} is a {type(v).__name__} but the parameter is a "
+                                 f"{type(p).__name__}; load sharded (FSDP2) state with torch.distributed."
+                                 "checkpoint.state_dict.set_optimizer_state_dict")
+        if not v.is_floating_point() or not torch.isfinite(v).all():
+            raise StateDictError(f"{where}: entry {k!r} is not a finite floating-point tensor")
 
 
 def default_chunk_size(device: torch.device) -> int:
@@ -299,7 +382,7 @@ def _chunks(segments: list[_Segment], size: int) -> Iterable[list[_Segment]]:
         start = 0
         while start < segment.stop:
             take = min(size - filled, segment.stop - start)
-            chunk.append(_Segment(segment.flat_param, segment.grad, segment.state, start, start + take))
+            chunk.append(_Segment(segment.flat_param, segment.grad, segment.state, start, start + take, segment.lr))
             start, filled = start + take, filled + take
             if filled == size:
                 yield chunk
