@@ -12,10 +12,12 @@ from typing import Any
 
 from .base import (Forward, Params, Problem, SeedSplits, Task, TaskError, check_task, module_problem, split_seed,
                    step_generator)
+from .cifar import Cifar10Conv
 from .mnist import MnistMLP
 from .quadratic import Quadratic
 
 TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": MnistMLP}
+TASKS["cifar10-conv"] = Cifar10Conv  # the paper's CIFAR-10 conv net and its label subsets
 
 __all__ = ["Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task", "make_task",
            "module_problem", "split_seed", "step_generator"]
