@@ -106,3 +106,28 @@ def test_evaluate_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pyte
         assert stop.value.code == 2
         assert capsys.readouterr().err.startswith(f"error: {message}")
     assert not (tmp_path / "out").exists()
+
+
+def test_curriculum_moves_to_longer_horizons_when_validation_stalls(tmp_path: Path) -> None:
+    """With --meta-lr 0 the network never changes, so validation never improves: after --patience validations the
+    episodes move to the next horizon, and validation always runs at --horizon."""
+    out = tmp_path / "run"
+    meta_train_main(["--task", "quadratic", "--iterations", "5", "--meta-batch", "2", "--eval-every", "1",
+                     "--patience", "2", "--curriculum", "2", "4", "--horizon", "6", "--truncation", "2",
+                     "--meta-lr", "0", "--val-problems", "4", "--val-metric", "log_ratio", "--threads", "1",
+                     "--no-compile", "--out", str(out), "--hidden-size", "4"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r.get("horizon") for r in log] == [None, 2, 2, 4, 4, 6]
+    assert len({r["val"] for r in log}) == 1
+    assert "horizons [2, 4, 6]" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--curriculum", "4", "2"], "--curriculum must increase and stay below --horizon"),
+    (["--curriculum", "3"], "--curriculum (3) must be a multiple of --truncation (2)"),
+    (["--val-metric", "median"], "--val-metric must be 'loss' or 'log_ratio'"),
+])
+def test_curriculum_flags_are_checked(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        meta_train_main(["--horizon", "6", "--truncation", "2", *argv])
+    assert message in capsys.readouterr().err

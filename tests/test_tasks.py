@@ -122,3 +122,52 @@ def test_user_task_by_path(user_module: str) -> None:
 def test_bad_user_tasks_are_named(user_module: str, factory: str, message: str) -> None:
     with pytest.raises(TaskError, match=f"{user_module}:{factory}.*{message}|{message}"):
         make_task(f"{user_module}:{factory}")
+
+
+def test_mnist_conv_and_pooled_pixels(mnist_dir: Path) -> None:
+    task = make_task("mnist-conv", data_dir=str(mnist_dir), channels=(3, 4), kernel=3, stride=1, pool=True,
+                     hidden=(6,), pixels=14, batch_size=8, val_size=100)
+    assert task.data("train")[0].shape == (200, 196)
+    shapes = sorted(tuple(v.shape) for v in task.sample(0).params.values())
+    assert shapes == sorted([(3, 1, 3, 3), (3,), (4, 3, 3, 3), (4,), (6, 4 * 3 * 3), (6,), (10, 6), (10,)])
+    with pytest.raises(TaskError, match="reduce 7x7 images to nothing"):
+        make_task("mnist-conv", data_dir=str(mnist_dir), channels=(2, 2, 2, 2), pixels=7, val_size=100)
+
+
+def test_teacher_regression_and_classification() -> None:
+    regression = make_task("teacher", inputs=5, outputs=2, hidden=(7,), samples=64, batch_size=16)
+    problem = regression.sample(0)
+    params = {k: v.clone() for k, v in problem.params.items()}
+    assert problem.loss(params, 1) != problem.loss(params, 2) and float(problem.final_loss(params)) > 0
+    classes = make_task("teacher", inputs=5, outputs=3, classify=True, samples=300)
+    x, y = classes.data(torch.Generator().manual_seed(0))
+    assert y.dtype == torch.long and set(y.tolist()) == {0, 1, 2}
+    with pytest.raises(TaskError, match="classify needs outputs >= 2"):
+        make_task("teacher", classify=True, outputs=1)
+
+
+def test_conditioned_quadratic_has_that_condition_number() -> None:
+    problem = make_task("quadratic", dim=8, condition=1e3).sample(0)
+    params = {"theta": problem.params["theta"].clone()}
+    hessian = torch.autograd.functional.hessian(lambda t: problem.loss({"theta": t}, 0), params["theta"])
+    eigenvalues = torch.linalg.eigvalsh(hessian.double())
+    assert float(eigenvalues.max() / eigenvalues.min()) == pytest.approx(1e3, rel=1e-3)
+
+
+def test_mixture_draws_every_family_small_scaled_and_reproducible(mnist_dir: Path) -> None:
+    task = make_task("mixture", data_dir=str(mnist_dir), max_params=3000, val_size=100)
+    kinds = {task.describe(seed).split("(")[0] for seed in range(40)}
+    assert kinds == {"MnistMLP", "MnistConv", "Quadratic", "Teacher"}
+    for seed in range(8):
+        problem = task.sample(seed)
+        assert sum(v.numel() for v in problem.params.values()) <= 3000
+        assert all(torch.equal(v, task.sample(seed).params[k]) for k, v in problem.params.items())
+    unscaled = make_task("mixture", data_dir=str(mnist_dir), max_params=3000, val_size=100, loss_scale=0.0)
+    ratios = []
+    for seed in range(6):  # the scale is drawn after the problem: the same problem, its loss times exp(U(-3, 3))
+        scaled, plain = task.sample(seed), unscaled.sample(seed)
+        ratios.append(float(scaled.loss(scaled.params, 0) / plain.loss(plain.params, 0)))
+    assert all(math.exp(-3) <= r <= math.exp(3) for r in ratios) and len({round(r, 6) for r in ratios}) == 6
+    assert "Quadratic" in make_task("mixture", families=("quadratic",)).describe(0)
+    with pytest.raises(TaskError, match="families must be some of"):
+        make_task("mixture", families=("cifar",))

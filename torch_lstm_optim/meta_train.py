@@ -5,8 +5,9 @@
 Each meta-iteration samples ``meta_batch`` problems, optimises them for ``horizon`` steps with the network, and
 after every ``truncation`` steps back-propagates the meta-objective of those steps into the network (Adam,
 meta-gradient clipping), then detaches parameters and state (truncated BPTT, Andrychowicz et al. 2016). Every
-``eval_every`` iterations the network runs on fixed validation problems and the best weights are kept (early
-stopping). A checkpoint is written atomically after every meta-iteration; ``--resume`` continues from it and gives
+``eval_every`` iterations the network runs on fixed validation problems for ``horizon`` steps and the best weights
+are kept (early stopping). With a ``curriculum`` of shorter horizons, episodes start at the first and move to the
+next each time validation has not improved for ``patience`` validations (Chen et al. 2020), up to ``horizon``. A checkpoint is written atomically after every meta-iteration; ``--resume`` continues from it and gives
 the same result as an uninterrupted run (problems are drawn from (seed, iteration), so no RNG state is needed).
 The output folder holds ``config.json`` + ``model.safetensors`` (the best weights), a model card ``README.md``,
 ``log.jsonl`` and ``checkpoint.pt``.
@@ -41,7 +42,8 @@ from .weights import WEIGHTS_FILE, WeightsError, load_network
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
 RESUME_FIXED = ("task", "task_arg", "init_weights", "init_rule", "init_lr", "horizon", "truncation", "meta_batch",
-                "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems")
+                "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems", "val_metric",
+                "curriculum", "patience")
 
 
 class DivergedError(RuntimeError):
@@ -60,7 +62,12 @@ class MetaTrainConfig:
     task: str = field(default="quadratic", metadata={"help": "task name or package.module:factory"})
     task_arg: list[str] = field(default_factory=list, metadata={"help": "task option key=value (repeatable)"})
     data_dir: str = field(default="data", metadata={"help": "data folder for tasks with data (MNIST under it)"})
-    horizon: int = field(default=100, metadata={"help": "optimisation steps per problem (T)"})
+    horizon: int = field(default=100, metadata={"help": "optimisation steps per problem (T), and of validation"})
+    curriculum: list[int] = field(default_factory=list, metadata={
+        "help": "shorter horizons to train at first, increasing (e.g. 100 200 500): episodes move to the next, and "
+                "finally to --horizon, each time validation has not improved for --patience validations"})
+    patience: int = field(default=3, metadata={"help": "validations without improvement before the curriculum's "
+                                                       "next horizon"})
     truncation: int = field(default=20, metadata={"help": "steps per truncated-BPTT meta-update"})
     meta_batch: int = field(default=8, metadata={"help": "problems optimised in parallel per meta-iteration"})
     meta_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the meta-optimizer"})
@@ -75,6 +82,9 @@ class MetaTrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of the network's init and of the problems sampled"})
     eval_every: int = field(default=10, metadata={"help": "iterations between validations"})
     val_problems: int = field(default=16, metadata={"help": "validation problems"})
+    val_metric: str = field(default="loss", metadata={
+        "help": "validation score: 'loss' (mean final loss) or 'log_ratio' (mean log of final over initial loss: "
+                "comparable across problems whose losses differ by orders of magnitude, as in a mixture)"})
     val_split: str = field(default="val", metadata={
         "help": "where validation problems come from: 'val' (held-out data) or 'train' (held-out seeds: new "
                 "initialisations and minibatch orders on the training data, for tasks whose val data is much "
@@ -107,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             elif f.name == "task_arg":
                 group.add_argument(flag, action="append", default=default, help=help_text)
+            elif f.name == "curriculum":
+                group.add_argument(flag, type=int, nargs="*", default=default, help=help_text)
             elif f.name == "betas":
                 group.add_argument(flag, type=float, nargs="+", default=default, help=help_text)
             else:
@@ -118,11 +130,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
         network = NetworkConfig(**{f.name: args[f.name] for f in fields(NetworkConfig)})
     except ValueError as error:
         parser.error(str(error))
-    for name in ("horizon", "truncation", "meta_batch", "iterations", "eval_every", "val_problems", "threads"):
+    for name in ("horizon", "truncation", "meta_batch", "iterations", "eval_every", "val_problems", "threads",
+                 "patience"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, found {getattr(config, name)}")
-    if config.horizon % config.truncation:
-        parser.error(f"--horizon ({config.horizon}) must be a multiple of --truncation ({config.truncation})")
+    for flag, horizon in [("--curriculum", h) for h in config.curriculum] + [("--horizon", config.horizon)]:
+        if horizon < 1 or horizon % config.truncation:
+            parser.error(f"{flag} ({horizon}) must be a multiple of --truncation ({config.truncation})")
+    if sorted(set(config.curriculum)) != config.curriculum or any(h >= config.horizon for h in config.curriculum):
+        parser.error(f"--curriculum must increase and stay below --horizon ({config.horizon}), found "
+                     f"{config.curriculum}")
+    if config.val_metric not in ("loss", "log_ratio"):
+        parser.error(f"--val-metric must be 'loss' or 'log_ratio', found {config.val_metric!r}")
     if config.val_split not in ("val", "train"):
         parser.error(f"--val-split must be 'val' or 'train', found {config.val_split!r}")
     if config.objective not in ("sum", "log", "final"):
@@ -144,12 +163,16 @@ def validation_seeds(config: MetaTrainConfig) -> range:
 
 
 def validate(network: CoordinatewiseLSTM, task: Task, config: MetaTrainConfig, rule: Rule | None = None) -> float:
-    """Mean final loss of the network on the fixed validation problems (no meta-gradient)."""
+    """The network's score on the fixed validation problems after ``horizon`` steps (no meta-gradient): their mean
+    final loss, or with ``val_metric="log_ratio"`` the mean log of final over initial loss."""
     run = Unroll.start([task.sample(seed, config.val_split) for seed in validation_seeds(config)])
+    initial = run.final_losses()
     with torch.no_grad():
         advance(network, run, config.horizon, rule=rule)
         finals = run.final_losses()
-    return float(finals.mean()) if torch.isfinite(finals).all() else math.inf
+    if not torch.isfinite(finals).all():
+        return math.inf
+    return float(finals.mean() if config.val_metric == "loss" else (finals / initial).log().mean())
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -193,7 +216,8 @@ def resume_from(path: Path, config: MetaTrainConfig, network: CoordinatewiseLSTM
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {reason}); move it "
                               "away to start over") from None
     now = {**{k: getattr(config, k) for k in RESUME_FIXED}, **network.config.to_dict()}
-    then = {**{k: saved.get(k) for k in RESUME_FIXED}, **saved_network}
+    defaults = asdict(MetaTrainConfig())  # for settings added after the checkpoint was written
+    then = {**{k: saved.get(k, defaults[k]) for k in RESUME_FIXED}, **saved_network}
     different = [f"{k} {then.get(k)!r} (now {value!r})" for k, value in now.items() if then.get(k) != value]
     if different:
         raise CheckpointError(f"{path}: was made with other settings: {', '.join(different)}; resume with the "
@@ -235,11 +259,12 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
         {"params": head, "lr": config.head_lr or config.meta_lr}], lr=config.meta_lr)
     rule = torch.compile(network.step, dynamic=True) if config.compile else network.step
     progress = {"iteration": 0, "meta_updates": 0, "skipped": 0, "in_a_row": 0, "best_val": math.inf,
-                "best_iteration": -1, "elapsed": 0.0}
+                "best_iteration": -1, "elapsed": 0.0, "stage": 0, "since_best": 0}
+    horizons = [*config.curriculum, config.horizon]
     checkpoint_path = out / "checkpoint.pt"
     resumed = config.resume and checkpoint_path.exists()
     if resumed:
-        progress = resume_from(checkpoint_path, config, network, meta_optimizer)
+        progress = {**progress, **resume_from(checkpoint_path, config, network, meta_optimizer)}
     elif checkpoint_path.exists():
         raise CheckpointError(f"{checkpoint_path}: {out} holds a run already; pass --resume to continue it, or "
                               "another --out (nothing is overwritten)")
@@ -273,8 +298,9 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
         for iteration in bar:
             seeds = [config.seed * 10_000_019 + iteration * config.meta_batch + b for b in range(config.meta_batch)]
             run = Unroll.start([task.sample(s, "train") for s in seeds])
+            horizon = horizons[progress["stage"]]
             episode = []
-            for _ in range(config.horizon // config.truncation):
+            for _ in range(horizon // config.truncation):
                 loss = meta_loss(advance(network, run, config.truncation, rule=rule), config.objective)
                 if not torch.isfinite(loss):
                     break
@@ -290,7 +316,7 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
                 run.detach()
             else:
                 progress["in_a_row"] = 0
-            if len(episode) < config.horizon // config.truncation:
+            if len(episode) < horizon // config.truncation:
                 progress["skipped"] += 1
                 progress["in_a_row"] += 1
                 if progress["in_a_row"] >= config.max_nonfinite:
@@ -302,14 +328,19 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
             progress["iteration"] = iteration + 1
             progress["elapsed"] = time.time() - started
             record = {"iteration": iteration + 1, "meta_loss": sum(episode) / max(len(episode), 1),
-                      "elapsed": round(progress["elapsed"], 1), "skipped": progress["skipped"]}
+                      "elapsed": round(progress["elapsed"], 1), "skipped": progress["skipped"], "horizon": horizon}
             if (iteration + 1) % config.eval_every == 0 or iteration + 1 == config.iterations:
                 network.eval()
                 record["val"] = validate(network, task, config, rule)
                 network.train()
+                progress["since_best"] += 1
                 if record["val"] < progress["best_val"]:
                     progress["best_val"], progress["best_iteration"] = record["val"], iteration + 1
+                    progress["since_best"] = 0
                     save_weights(network, out)
+                if progress["since_best"] >= config.patience and progress["stage"] + 1 < len(horizons):
+                    progress["stage"] += 1
+                    progress["since_best"] = 0
                 bar.set_postfix(meta=f"{record['meta_loss']:.3g}", val=f"{record['val']:.4g}",
                                 best=f"{progress['best_val']:.4g}")
             log.write(json.dumps(record) + "\n")
@@ -361,7 +392,8 @@ Produced by the project's meta-trainer with:
 
 - task: `{config['task']}` {config['task_arg'] or ''}; data: {'`' + config['data_dir'] + '`' if config['task'] != 'quadratic' else 'generated'}
 {lineage}- seed {config['seed']}; {summary['iteration']} meta-iterations, {summary['meta_updates']} meta-updates, {summary['skipped']} skipped (non-finite)
-- best validation loss {summary['best_val']:.4f} at iteration {summary['best_iteration']} ({config['val_problems']} val problems, {config['horizon']} steps)
+- best validation {config['val_metric'].replace('_', ' ')} {summary['best_val']:.4f} at iteration {summary['best_iteration']} ({config['val_problems']} val problems, {config['horizon']} steps)
+- horizons {[*config['curriculum'], config['horizon']]}, truncations of {config['truncation']} steps; the last stage reached: {[*config['curriculum'], config['horizon']][summary['stage']]} steps
 - wall time {summary['wall_seconds'] / 60:.1f} min on {summary['machine']}
 
 Load it with `LSTMOptimizer(model.parameters(), weights="<this folder or name>")`.
@@ -382,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m torch_lstm_optim.meta_train " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
         summary = train(config, network_config, command)
-        print(f"best validation loss {summary['best_val']:.4f} at iteration {summary['best_iteration']}; "
+        print(f"best validation {config.val_metric} {summary['best_val']:.4f} at iteration {summary['best_iteration']}; "
               f"weights in {config.out}")
         if config.push_to_hub:
             from .hub import push_to_hub

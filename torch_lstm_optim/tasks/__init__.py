@@ -13,11 +13,13 @@ from typing import Any
 from .base import (Forward, Params, Problem, SeedSplits, Task, TaskError, check_task, module_problem, split_seed,
                    step_generator)
 from .cifar import Cifar10Conv
-from .mnist import MnistMLP
+from .mixture import Mixture
+from .mnist import MnistConv, MnistMLP
 from .quadratic import Quadratic
+from .teacher import Teacher
 
-TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": MnistMLP}
-TASKS["cifar10-conv"] = Cifar10Conv  # the paper's CIFAR-10 conv net and its label subsets
+TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": MnistMLP, "mnist-conv": MnistConv,
+                                         "cifar10-conv": Cifar10Conv, "teacher": Teacher, "mixture": Mixture}
 
 __all__ = ["Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task", "make_task",
            "module_problem", "split_seed", "step_generator"]

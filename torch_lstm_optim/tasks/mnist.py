@@ -1,6 +1,8 @@
-"""The paper's MNIST MLP: one hidden layer of 20 sigmoid units, cross-entropy, minibatches of 128.
+"""MNIST optimizees: the paper's MLP (one hidden layer of 20 sigmoid units, cross-entropy, minibatches of 128) and
+small conv nets, both for the generalist's training mixture.
 
-Width, depth and activation are options (the paper's generalisation tests use 40 units, 2 layers, ReLU).
+Width, depth and activation are options (the paper's generalisation tests use 40 units, 2 layers, ReLU); ``pixels``
+14 trains on the digits average-pooled to 14x14 (4x fewer first-layer weights: cheaper problems for meta-training).
 Data splits: ``train`` and ``val`` are disjoint parts of the MNIST training set (the last ``val_size`` digits are
 validation), ``test`` is the MNIST test set, kept for the final evaluation.
 """
@@ -36,6 +38,24 @@ def load_mnist(data_dir: str, train: bool, download: bool) -> tuple[Tensor, Tens
     return data.data.reshape(len(data.data), -1).float() / 255.0, data.targets.long()
 
 
+def downsample(images: Tensor, pixels: int) -> Tensor:
+    """Flat 28x28 images ``(N, 784)`` average-pooled to ``pixels x pixels`` (28 divisible by ``pixels``)."""
+    if pixels == 28:
+        return images
+    return F.avg_pool2d(images.view(-1, 1, 28, 28), 28 // pixels).reshape(len(images), -1)
+
+
+def init_uniform(model: nn.Module, gen: torch.Generator) -> nn.Module:
+    """PyTorch's default initialisation of every Linear/Conv2d (uniform in +-1/sqrt(fan_in)), drawn from ``gen``."""
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                bound = (layer.weight[0].numel()) ** -0.5
+                layer.weight.uniform_(-bound, bound, generator=gen)
+                layer.bias.uniform_(-bound, bound, generator=gen)
+    return model
+
+
 @dataclass
 class MnistMLP:
     """MLPs on MNIST. ``hidden`` lists the widths of the hidden layers."""
@@ -46,6 +66,7 @@ class MnistMLP:
     data_dir: str = "data"
     download: bool = False
     val_size: int = 2000
+    pixels: int = 28
     name: str = "mnist-mlp"
 
     def __post_init__(self) -> None:
@@ -53,9 +74,12 @@ class MnistMLP:
         if self.activation not in ACTIVATIONS:
             raise TaskError(f"task {self.name!r}: activation must be one of {sorted(ACTIVATIONS)}, "
                             f"found {self.activation!r}")
+        if self.pixels not in (7, 14, 28):
+            raise TaskError(f"task {self.name!r}: pixels must be 7, 14 or 28, found {self.pixels!r}")
 
     def data(self, split: str) -> tuple[Tensor, Tensor]:
         images, labels = load_mnist(self.data_dir, split != "test", self.download)
+        images = downsample(images, self.pixels)
         if split == "test":
             return images, labels
         cut = len(images) - self.val_size
@@ -63,19 +87,12 @@ class MnistMLP:
 
     def build(self, gen: torch.Generator) -> nn.Module:
         """The MLP, initialised by PyTorch's default initialisation drawn from ``gen``."""
-        sizes = (784, *self.hidden)
+        sizes = (self.pixels ** 2, *self.hidden)
         layers: list[nn.Module] = []
         for n_in, n_out in zip(sizes, sizes[1:]):
             layers += [nn.Linear(n_in, n_out), ACTIVATIONS[self.activation]()]
         layers.append(nn.Linear(sizes[-1], 10))
-        model = nn.Sequential(*layers)
-        with torch.no_grad():
-            for layer in model:
-                if isinstance(layer, nn.Linear):
-                    bound = layer.in_features ** -0.5
-                    layer.weight.uniform_(-bound, bound, generator=gen)
-                    layer.bias.uniform_(-bound, bound, generator=gen)
-        return model
+        return init_uniform(nn.Sequential(*layers), gen)
 
     def sample(self, seed: int, split: str = "train") -> Problem:
         images, labels = self.data(split)
@@ -86,3 +103,43 @@ class MnistMLP:
             return F.cross_entropy(forward(images[index]), labels[index])
 
         return module_problem(model, batch_loss, eval_loss=lambda forward: F.cross_entropy(forward(images), labels))
+
+
+@dataclass
+class MnistConv(MnistMLP):
+    """Small conv nets on MNIST: ``channels`` conv layers (kernel ``kernel``, stride ``stride``, each followed by the
+    activation and, with ``pool``, 2x2 max pooling), then hidden linear layers of widths ``hidden``, then the 10
+    classes."""
+
+    channels: tuple[int, ...] = (8,)
+    kernel: int = 3
+    stride: int = 1
+    pool: bool = True
+    hidden: tuple[int, ...] = ()
+    activation: str = "relu"
+    name: str = "mnist-conv"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.channels = (self.channels,) if isinstance(self.channels, int) else tuple(self.channels)
+
+    def build(self, gen: torch.Generator) -> nn.Module:
+        layers: list[nn.Module] = [nn.Unflatten(1, (1, self.pixels, self.pixels))]
+        for n_in, n_out in zip((1, *self.channels), self.channels):
+            layers += [nn.Conv2d(n_in, n_out, self.kernel, self.stride, padding=self.kernel // 2),
+                       ACTIVATIONS[self.activation]()]
+            if self.pool:
+                layers.append(nn.MaxPool2d(2))
+        body = nn.Sequential(*layers, nn.Flatten())
+        try:
+            with torch.no_grad():
+                features = body(torch.zeros(1, self.pixels ** 2)).shape[1]
+        except RuntimeError:  # a pooling layer met an image of one pixel
+            features = 0
+        if features == 0:
+            raise TaskError(f"task {self.name!r}: {len(self.channels)} conv layers reduce {self.pixels}x"
+                            f"{self.pixels} images to nothing")
+        head: list[nn.Module] = []
+        for n_in, n_out in zip((features, *self.hidden), self.hidden):
+            head += [nn.Linear(n_in, n_out), ACTIVATIONS[self.activation]()]
+        return init_uniform(nn.Sequential(body, *head, nn.Linear((features, *self.hidden)[-1], 10)), gen)

@@ -1,7 +1,13 @@
-"""The paper's quadratics: ``f(theta) = ||W theta - y||^2`` with ``W`` (d x d), ``y`` and ``theta_0`` i.i.d. N(0, 1)."""
+"""The paper's quadratics: ``f(theta) = ||W theta - y||^2`` with ``W`` (d x d), ``y`` and ``theta_0`` i.i.d. N(0, 1).
+
+With ``condition``, ``W = Q diag(s) R`` instead (``Q``, ``R`` random rotations, ``s`` log-spaced from 1 down to
+``condition^-1/2``), so that the Hessian ``2 W^T W`` has exactly that condition number: the generalist's mixture
+uses 1 to 1e4, where a single learning rate must serve curvatures 1e4 apart.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,11 +20,16 @@ class Quadratic:
     """Random quadratics of dimension ``dim`` (10 in the paper). No data: splits only change the seeds."""
 
     dim: int = 10
+    condition: float | None = None
     name: str = "quadratic"
 
     def sample(self, seed: int, split: str = "train") -> Problem:
         gen = torch.Generator().manual_seed(split_seed(seed, split))
         w = torch.randn(self.dim, self.dim, generator=gen)
+        if self.condition is not None:
+            rotations = [torch.linalg.qr(torch.randn(self.dim, self.dim, generator=gen))[0] for _ in range(2)]
+            spectrum = torch.logspace(0, -0.5 * math.log10(self.condition), self.dim)
+            w = rotations[0] @ torch.diag(spectrum) @ rotations[1]
         y = torch.randn(self.dim, generator=gen)
         theta = torch.randn(self.dim, generator=gen)
 

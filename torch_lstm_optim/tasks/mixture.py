@@ -1,0 +1,108 @@
+"""The generalist's training mixture: every problem is drawn from a random family with random settings.
+
+Families (``families``): MLPs on MNIST (1-3 hidden layers of 8-128 units; sigmoid, tanh, ReLU, GELU; batches of
+32-256; the digits at 28x28 or average-pooled to 14x14 or 7x7), small conv nets on MNIST (1-2 conv layers of 4-16 channels,
+kernel 3 or 5, stride 1 or 2, with or without max pooling, an optional hidden linear layer), quadratics of dimension
+2-100 and condition number 1-1e4, and student MLPs on data from random teacher MLPs (regression or 2-10 classes,
+4-64 inputs, noise 0-0.5). Sizes are drawn log-uniformly; a draw with more than ``max_params`` parameters (or a conv
+net that pools its images away) is drawn again (the meta-trainer's cost grows with the coordinates, and 2 CPU cores train this).
+
+The loss is multiplied by ``exp(U(-loss_scale, loss_scale))``, so that the rule cannot rely on the gradient's
+absolute size. Only MNIST (training digits; ``val`` uses the held-out ones) and generated data are used: every other
+data set is kept for the generalization suite. Everything is drawn from the problem's seed and split, so a problem
+is the same every time it is sampled (resumed meta-training is bit-identical).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from .base import Problem, TaskError, split_seed
+from .mnist import ACTIVATIONS, MnistConv, MnistMLP
+from .quadratic import Quadratic
+from .teacher import Teacher
+
+FAMILIES = ("mnist-mlp", "mnist-conv", "quadratic", "teacher")
+
+
+class _Draw:
+    """Random choices from one generator."""
+
+    def __init__(self, gen: torch.Generator) -> None:
+        self.gen = gen
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=self.gen, dtype=torch.float64))
+
+    def log_int(self, low: int, high: int) -> int:
+        return int(round(math.exp(self.uniform(math.log(low), math.log(high)))))
+
+    def choice(self, options: tuple) -> object:
+        return options[int(torch.randint(len(options), (), generator=self.gen))]
+
+
+@dataclass
+class Mixture:
+    data_dir: str = "data"
+    download: bool = False
+    val_size: int = 2000
+    families: tuple[str, ...] = FAMILIES
+    max_params: int = 10_000
+    loss_scale: float = 3.0
+    name: str = "mixture"
+
+    def __post_init__(self) -> None:
+        self.families = (self.families,) if isinstance(self.families, str) else tuple(self.families)
+        unknown = sorted(set(self.families) - set(FAMILIES))
+        if unknown or not self.families:
+            raise TaskError(f"task {self.name!r}: families must be some of {FAMILIES}, found {self.families}")
+
+    def family(self, family: str, draw: _Draw) -> object:
+        """A task of ``family`` with settings drawn from ``draw``."""
+        act = tuple(ACTIVATIONS)
+        if family == "quadratic":
+            return Quadratic(dim=draw.log_int(2, 100), condition=math.exp(draw.uniform(0, math.log(1e4))))
+        if family == "teacher":
+            classify = draw.choice((False, True))
+            return Teacher(inputs=draw.log_int(4, 64), teacher_hidden=draw.log_int(8, 64),
+                           outputs=draw.log_int(2, 10) if classify else draw.log_int(1, 4), classify=classify,
+                           noise=draw.uniform(0, 0.5), activation=draw.choice(act),
+                           hidden=tuple(draw.log_int(8, 64) for _ in range(draw.log_int(1, 2))),
+                           batch_size=draw.log_int(32, 128))
+        mnist = dict(data_dir=self.data_dir, download=self.download, val_size=self.val_size, pixels=draw.choice((7, 14, 28)),
+                     activation=draw.choice(act), batch_size=draw.log_int(32, 256))
+        if family == "mnist-mlp":
+            return MnistMLP(hidden=tuple(draw.log_int(8, 128) for _ in range(draw.log_int(1, 3))), **mnist)
+        return MnistConv(channels=tuple(draw.log_int(4, 16) for _ in range(draw.log_int(1, 2))),
+                         kernel=draw.choice((3, 5)), stride=draw.choice((1, 2)), pool=draw.choice((True, False)),
+                         hidden=draw.choice(((), (draw.log_int(8, 64),))), **mnist)
+
+    def draw_task(self, draw: _Draw) -> object:
+        """A family, then its settings, drawn again while the problem has more than ``max_params`` parameters."""
+        family = draw.choice(self.families)
+        for _ in range(1000):
+            task = self.family(family, draw)
+            try:
+                size = task.dim if isinstance(task, Quadratic) else sum(
+                    p.numel() for p in task.build(torch.Generator()).parameters())
+            except TaskError:  # a conv net whose pooling leaves no pixels
+                continue
+            if size <= self.max_params:
+                return task
+        raise TaskError(f"task {self.name!r}: no {family} problem fits max_params={self.max_params}")
+
+    def sample(self, seed: int, split: str = "train") -> Problem:
+        draw = _Draw(torch.Generator().manual_seed(split_seed(seed, split)))
+        task = self.draw_task(draw)
+        problem = task.sample(int(torch.randint(2**31, (), generator=draw.gen)), split)
+        scale = math.exp(draw.uniform(-self.loss_scale, self.loss_scale))
+        inner_loss, inner_final = problem.loss, problem.final_loss
+        return replace(problem, loss=lambda params, step: scale * inner_loss(params, step),
+                       eval_loss=lambda params: scale * inner_final(params))
+
+    def describe(self, seed: int, split: str = "train") -> str:
+        """What problem ``seed`` of ``split`` is (for logs and tests)."""
+        return repr(self.draw_task(_Draw(torch.Generator().manual_seed(split_seed(seed, split)))))
