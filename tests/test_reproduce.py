@@ -1,0 +1,71 @@
+"""``python -m torch_lstm_optim.reproduce --quick`` on tiny data written here (never ../shared)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_network
+from torch_lstm_optim import reproduce
+
+pytest.importorskip("torchvision")
+pytest.importorskip("matplotlib")
+
+from test_cifar import accept_generated_files, write_cifar10  # noqa: E402
+from test_tasks import write_mnist  # noqa: E402
+
+MNIST_KEYS = ["mnist-mlp", "mnist-steps200", "mnist-hidden40", "mnist-layers2", "mnist-relu"]
+
+
+def test_quick_run_writes_every_row_a_plot_per_experiment_and_a_table(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    data = write_mnist(tmp_path / "data")
+    out = tmp_path / "out"
+    reproduce.main(["--out", str(out), "--quick", "--data-dir", str(data)])
+    summary = json.loads((out / "results.json").read_text())
+    rows = {row["key"]: row for row in summary["experiments"]}
+    assert list(rows) == [e.key for e in reproduce.EXPERIMENTS]
+    assert summary["quick"] and summary["command"].startswith("python -m torch_lstm_optim.reproduce --out")
+    for key in ["quadratic", *MNIST_KEYS]:
+        row = rows[key]
+        assert row["status"] == "run" and isinstance(row["held"], bool), key
+        assert set(row["result"]["optimizers"]) == {"learned", "sgd", "nag", "rmsprop", "adam"}
+        assert row["result"]["runs"] == 2 and row["result"]["tune_runs"] == 1
+        assert (out / f"{key}.png").stat().st_size > 0
+    assert rows["mnist-steps200"]["result"]["steps"] == 20 and rows["mnist-mlp"]["result"]["steps"] == 10
+    assert rows["mnist-hidden40"]["result"]["task_options"]["hidden"] == [40]
+    assert rows["mnist-relu"]["held"] == (not rows["mnist-relu"]["result"]["beats_best_by_se"])
+    for key in ("cifar10", "cifar5", "cifar2"):
+        assert rows[key]["status"] == (f"not run: no CIFAR-10 data under {data}; no weights 'cifar10-conv' "
+                                       "(bundled: mnist-mlp, quadratic)")
+        assert rows[key]["held"] is None and not (out / f"{key}.png").exists()
+    assert rows["neural-art"]["status"].startswith("not implemented: needs pretrained VGG features")
+    table = capsys.readouterr().out
+    assert "| MNIST MLP, ReLU (Fig. 5 right) | 10 |" in table and "not run: no CIFAR-10 data" in table
+    assert table.count("\n| ") == len(reproduce.EXPERIMENTS)  # the header starts the table
+
+    # A rerun with the same settings reuses what is done (an interrupted run resumes).
+    reproduce.main(["--out", str(out), "--quick", "--data-dir", str(data), "--only", "mnist-mlp"])
+    assert "mnist-mlp: done before, reused" in capsys.readouterr().err
+    assert [row["key"] for row in json.loads((out / "results.json").read_text())["experiments"]] == ["mnist-mlp"]
+
+
+def test_a_cifar_row_runs_when_data_and_weights_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    accept_generated_files(monkeypatch)
+    data = write_cifar10(tmp_path / "data")
+    rows = reproduce.reproduce(tmp_path / "out", str(data), quick=True, only=["cifar2"])
+    assert rows[0]["status"] == "not run: no weights 'cifar10-conv' (bundled: mnist-mlp, quadratic)"
+    assert rows[0]["settings"]["task_options"]["classes"] == (0, 1)
+
+    monkeypatch.setattr(reproduce, "bundled_names", lambda: ["cifar10-conv"])
+    monkeypatch.setattr(reproduce, "load_network", lambda weights: make_network())
+    row = reproduce.reproduce(tmp_path / "out", str(data), quick=True, only=["cifar10"])[0]
+    assert row["status"] == "run" and row["result"]["task"] == "cifar10-conv"
+    assert (tmp_path / "out" / "cifar10.png").exists()
+
+
+def test_missing_mnist_is_a_row_not_a_crash(tmp_path: Path) -> None:
+    row = reproduce.reproduce(tmp_path / "out", str(tmp_path / "none"), quick=True, only=["mnist-mlp"])[0]
+    assert row["status"].startswith("not run: MNIST not found under") and row["held"] is None
