@@ -35,7 +35,9 @@ BASELINES: dict[str, OptimizerFactory] = {
     "nag": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True),
     "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr),  # weight decay 0.01, PyTorch's default
 }
+PAPER_BASELINES = ("sgd", "nag", "rmsprop", "adam")  # what the paper compares with: evaluate()'s default
 LR_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 3))  # 1e-4 ... 10, half-decade steps
 
 
@@ -49,7 +51,11 @@ class Run:
 
 
 def run_optimizer(problem: Problem, make: Callable[[list[Tensor]], torch.optim.Optimizer], steps: int) -> Run:
-    """Optimise a fresh copy of ``problem``'s parameters for ``steps`` steps (a diverged run ends at ``inf``)."""
+    """Optimise a fresh copy of ``problem``'s parameters for ``steps`` steps (a diverged run ends at ``inf``).
+
+    An optimizer with an ``eval()`` mode (schedule-free ones, whose training iterate is not the one to report) is
+    switched to it before the final loss.
+    """
     params = {k: v.detach().clone().requires_grad_() for k, v in problem.params.items()}
     optimizer = make(list(params.values()))
     curve: list[float] = []
@@ -66,6 +72,8 @@ def run_optimizer(problem: Problem, make: Callable[[list[Tensor]], torch.optim.O
         loss.backward()
         optimizer.step()
     seconds = time.perf_counter() - start
+    if callable(getattr(optimizer, "eval", None)):
+        optimizer.eval()
     with torch.no_grad():
         final = float(problem.final_loss(params))
     return Run(curve, final if math.isfinite(final) else math.inf, seconds)
@@ -98,7 +106,7 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
 
 
 def evaluate(task: Task, network: CoordinatewiseLSTM, steps: int = 100, runs: int = 20, tune_runs: int = 5,
-             baselines: Iterable[str] | dict[str, OptimizerFactory] = tuple(BASELINES),
+             baselines: Iterable[str] | dict[str, OptimizerFactory] = PAPER_BASELINES,
              grid: Iterable[float] = LR_GRID, lrs: dict[str, float] | None = None) -> dict[str, Any]:
     """Learned optimizer vs tuned baselines on ``runs`` test problems; returns a JSON-able result dict.
 
@@ -206,6 +214,12 @@ def parse_task_args(items: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg == "--suite" or arg.startswith("--suite=") for arg in argv):
+        from .suite import main as suite_main
+
+        suite_main(argv)
+        return
     parser = argparse.ArgumentParser(prog="python -m torch_lstm_optim.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="mnist-mlp", help="task name or package.module:factory")
@@ -217,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tune-runs", type=int, default=5, help="val problems per learning rate when tuning")
     parser.add_argument("--out", required=True, help="output folder for results.json and the plot")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--suite", help="run a suite of held-out problems instead of one --task: 'generalization' "
+                        "(its flags: python -m torch_lstm_optim.evaluate --suite generalization --help)")
     parser.add_argument("--update-card", action="store_true",
                         help="write the table into the model card (README.md) of the --weights folder")
     args = parser.parse_args(argv)
@@ -231,8 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     result = evaluate(task, network, args.steps, args.runs, args.tune_runs)
     result.update(weights=str(args.weights or "default"), task_options=options, wall_seconds=time.time() - start,
-                  machine=machine_description(), command="python -m torch_lstm_optim.evaluate " + shlex.join(
-                      argv if argv is not None else sys.argv[1:]))
+                  machine=machine_description(), command="python -m torch_lstm_optim.evaluate " + shlex.join(argv))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.json.tmp"

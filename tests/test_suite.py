@@ -1,0 +1,109 @@
+"""The generalization suite (issue 11, part 4): ``evaluate --suite generalization --quick`` end to end, its held-out
+problems, its untuned peers when their packages are missing, and its errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from torch_lstm_optim.evaluate import Run, main as evaluate_main, run_optimizer
+from torch_lstm_optim.suite import QUICK, TUNED, untuned_baselines
+from torch_lstm_optim.tasks import Problem, TaskError
+from torch_lstm_optim.tasks.base import _check_problem
+
+
+def test_quick_suite_end_to_end(tmp_path, capsys):
+    """The quick run writes results.json (every pair, every optimizer, ratios, the bar), the PNG and the table; the
+    same command again resumes from results.json instead of running again."""
+    pytest.importorskip("sklearn")
+    argv = ["--suite", "generalization", "--quick", "--weights", "quadratic", "--out", str(tmp_path)]
+    evaluate_main(argv)
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "generalization.png").stat().st_size > 0
+    assert "| bar (issue 11) | met |" in (tmp_path / "table.md").read_text()
+    untuned, _, skipped = untuned_baselines()
+    assert result["skipped"] == skipped and result["tuned"] == list(TUNED)
+    assert [(p["problem"], p["steps"]) for p in result["pairs"]] == [
+        (name, steps) for name in QUICK["problems"] for steps in QUICK["horizons"]]
+    for pair in result["pairs"]:
+        assert set(pair["optimizers"]) == {"learned", *TUNED, *untuned}
+        assert all(len(r["finals"]) == QUICK["seeds"] for r in pair["optimizers"].values())
+        assert pair["optimizers"]["learned"]["lr"] == 1.0 and pair["optimizers"]["adam(1e-3)"]["lr"] == 1e-3
+        assert all(pair["optimizers"][k]["lr"] in QUICK["grid"] for k in TUNED)
+        assert pair["best_tuned"] in TUNED and pair["best_untuned"] in untuned
+        learned = pair["optimizers"]["learned"]["final_mean"]
+        assert pair["ratio_tuned"] == pytest.approx(learned / pair["optimizers"][pair["best_tuned"]]["final_mean"])
+        assert math.isfinite(pair["ratio_untuned"]) and pair["seconds_learned"] > 0 and pair["seconds_adam"] > 0
+        assert pair["why"] and pair["family"]
+    summary = result["summary"]
+    assert summary["pairs"] == 6 and 0 <= summary["fraction_won"] <= 1
+    assert summary["worst_ratio"] == max(p["ratio_tuned"] for p in result["pairs"])
+    assert len(summary["bar"]) == 5 and summary["passed"] == all(summary["bar"].values())
+    assert "| beale-2d | 20 |" in capsys.readouterr().out
+
+    evaluate_main(argv)
+    assert "resuming: 6 pairs" in capsys.readouterr().err
+    assert json.loads((tmp_path / "results.json").read_text())["pairs"] == result["pairs"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "nope"], "error: unknown suite 'nope': use one of ['generalization']"),
+    (["--suite", "generalization", "--problems", "mnist-mlp"], "error: unknown problems ['mnist-mlp']"),
+    (["--suite", "generalization", "--horizons", "100", "1000", "--tune-seeds", "3"],
+     "error: --tune-seeds needs one count per horizon [100, 1000], found [3]"),
+    (["--suite", "generalization", "--weights", "no-such-weights"], "error: "),
+])
+def test_bad_input_is_one_error_line(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main([*args, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_heldout_problems():
+    """At least 12 problems of at least 4 families; each builds on val and test, the same when sampled again, with
+    val and test apart; none can be meta-trained on; losses are >= 0 and the test functions' minima exactly 0."""
+    pytest.importorskip("sklearn")
+    from torch_lstm_optim.tasks.heldout import FAMILIES, SUITE, Beale, Rastrigin, Rosenbrock, why
+
+    assert len(SUITE) >= 12 and len(FAMILIES) >= 4 and all(why(name) for name in SUITE)
+    for name, factory in SUITE.items():
+        task = factory()
+        val, test = (_check_problem(task, split, name) for split in ("val", "test"))
+        again = task.sample(0, "test")
+        assert all(torch.equal(again.params[k], v) for k, v in test.params.items()), name
+        assert float(test.final_loss(test.params)) != float(val.final_loss(val.params)), name
+        assert float(test.loss(test.params, 3)) >= 0, name
+        with pytest.raises(TaskError, match="held-out evaluation problem"):
+            task.sample(0, "train")
+    for task, minimum in ((Rosenbrock(), torch.ones(10)), (Beale(), torch.tensor([3.0, 0.5])),
+                          (Rastrigin(), torch.zeros(5))):
+        assert float(task.sample(0, "test").loss({"theta": minimum}, 0)) == 0.0
+
+
+def test_untuned_peers_skipped_when_missing(monkeypatch):
+    """Without prodigyopt and schedulefree the suite still runs, with Adam(1e-3) alone, and says why."""
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # import fails
+    monkeypatch.setitem(sys.modules, "schedulefree", None)
+    factories, lrs, skipped = untuned_baselines()
+    assert list(factories) == ["adam(1e-3)"] and lrs == {"adam(1e-3)": 1e-3}
+    assert set(skipped) == {"prodigy", "schedule-free adamw"} and all("pip install" in v for v in skipped.values())
+
+
+def test_final_loss_in_eval_mode():
+    """An optimizer with an eval() mode (schedule-free) is switched to it before the final loss is taken."""
+
+    class ModalSGD(torch.optim.SGD):
+        def eval(self):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.data.zero_()
+
+    problem = Problem(params={"x": torch.ones(2)}, loss=lambda p, step: (p["x"] - 3).square().sum())
+    run = run_optimizer(problem, lambda params: ModalSGD(params, lr=0.1), 5)
+    assert isinstance(run, Run) and run.final == 18.0 and run.curve[-1] < 18.0

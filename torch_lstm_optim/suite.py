@@ -1,0 +1,326 @@
+"""The generalization suite: the learned optimizer, untuned, on held-out problems of families it never trained on.
+
+``python -m torch_lstm_optim.evaluate --suite generalization --out results/generalization [--weights W] [--quick]``
+(or ``python -m torch_lstm_optim.suite ...``, the same).
+
+Every problem of :data:`torch_lstm_optim.tasks.heldout.SUITE` runs at every horizon (100 and 1000 steps) on
+``--seeds`` ``test`` problems, the same problems and minibatches for every optimizer:
+
+- the learned optimizer, untuned: ``LSTMOptimizer(params, weights=W)`` at its default ``lr=1``;
+- tuned baselines: SGD, NAG, RMSprop, Adam and AdamW, each at the learning rate of ``LR_GRID`` (1e-4 to 10, half
+  decades) with the lowest mean final loss on ``--tune-seeds`` separate ``val`` problems of the same horizon;
+- untuned baselines: Adam(1e-3), Prodigy (lr 1) and schedule-free AdamW (its defaults, the final loss taken in its
+  eval mode). The last two need ``pip install 'torch_lstm_optim[eval]'``; without them they are skipped, and the
+  output says so.
+
+Per (problem, horizon) pair it reports the ratio of the learned optimizer's mean final loss to the best tuned
+baseline's and to the best untuned one's (< 1: the learned optimizer wins), divergences (a non-finite loss in any
+seed), and seconds per run of the learned optimizer and of tuned Adam. Losses below ``LOSS_FLOOR`` count as
+``LOSS_FLOOR`` in ratios: every loss of the suite is >= 0 (the test functions' minima are exactly 0), and below
+1e-6 a problem is solved, so a ratio of two such losses (float32 rounding, say 1e-9 against 1e-14) would say
+nothing. Writes ``results.json`` after every pair (an interrupted run resumes with the same command), a PNG of the
+ratios and a markdown table with the summary against the bar of issue 11.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .evaluate import BASELINES, LR_GRID, OptimizerFactory, evaluate, machine_description
+from .network import CoordinatewiseLSTM
+from .tasks import TaskError
+from .tasks.base import _check_problem
+from .tasks.heldout import FAMILY_OF, SUITE, why
+from .weights import WeightsError, load_network
+
+SUITES: dict[str, dict[str, Callable[[], Any]]] = {"generalization": SUITE}
+TUNED = ("sgd", "nag", "rmsprop", "adam", "adamw")
+LOSS_FLOOR = 1e-6
+QUICK = {"problems": ("beale-2d", "breast-cancer-logistic", "matrix-completion"), "horizons": (20, 50), "seeds": 2,
+         "tune_seeds": (1, 1), "grid": (1e-3, 1e-2, 1e-1)}
+DEFAULT_TEXT = {"weights": "the package default", "problems": "all of the suite", "horizons": "100 1000",
+                "tune_seeds": "3 2", "grid": "1e-4 to 10 in half decades, 11 values"}
+BAR = {"wins": 0.8, "median": 0.8, "worst": 1.5}
+
+
+@dataclass
+class SuiteConfig:
+    """What the suite runs; the command-line flags map one-to-one onto these fields."""
+
+    out: str = field(metadata={"help": "output folder for results.json, the plot and the table"})
+    suite: str = field(default="generalization", metadata={"help": f"which suite: one of {sorted(SUITES)}"})
+    weights: str | None = field(default=None, metadata={
+        "help": "the learned optimizer's weights: bundled name, folder or hub id"})
+    quick: bool = field(default=False, metadata={
+        "help": f"a smoke run in well under a minute: {', '.join(QUICK['problems'])} at 20 and 50 steps, 2 seeds, "
+                "1 tuning seed, lr grid 1e-3, 1e-2, 1e-1 (explicit flags still win)"})
+    problems: tuple[str, ...] | None = field(default=None, metadata={"help": "run only these problems"})
+    horizons: tuple[int, ...] = field(default=(100, 1000), metadata={"help": "steps per run, one pair per horizon"})
+    seeds: int = field(default=5, metadata={"help": "test problems (seeds) per optimizer and pair"})
+    tune_seeds: tuple[int, ...] = field(default=(3, 2), metadata={
+        "help": "val problems per learning rate when tuning, one count per horizon (fewer at 1000 steps: cost)"})
+    grid: tuple[float, ...] = field(default=LR_GRID, metadata={"help": "learning rates the tuned baselines try"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (timings are per core at 1)"})
+
+
+def untuned_baselines() -> tuple[dict[str, OptimizerFactory], dict[str, float], dict[str, str]]:
+    """The tuning-free peers: factories, the learning rate each runs at, and those skipped (name -> why)."""
+    factories: dict[str, OptimizerFactory] = {"adam(1e-3)": BASELINES["adam"]}
+    lrs = {"adam(1e-3)": 1e-3}
+    skipped = {}
+    try:
+        from prodigyopt import Prodigy
+    except ImportError:
+        skipped["prodigy"] = "not installed: pip install prodigyopt (or 'torch_lstm_optim[eval]')"
+    else:
+        factories["prodigy"] = lambda params, lr: Prodigy(params, lr=lr)
+        lrs["prodigy"] = 1.0
+    try:
+        from schedulefree import AdamWScheduleFree
+    except ImportError:
+        skipped["schedule-free adamw"] = "not installed: pip install schedulefree (or 'torch_lstm_optim[eval]')"
+    else:
+        def schedule_free(params, lr):
+            optimizer = AdamWScheduleFree(params, lr=lr)
+            optimizer.train()  # evaluate.run_optimizer switches it to eval() for the final loss
+            return optimizer
+
+        factories["schedule-free adamw"] = schedule_free
+        lrs["schedule-free adamw"] = inspect.signature(AdamWScheduleFree).parameters["lr"].default
+    return factories, lrs, skipped
+
+
+def ratio(loss: float, reference: float) -> float:
+    """``loss / reference`` with both floored at ``LOSS_FLOOR``; ``inf`` if ``loss`` is not finite."""
+    if not math.isfinite(loss):
+        return math.inf
+    return max(loss, LOSS_FLOOR) / max(reference, LOSS_FLOOR)
+
+
+def run_pair(name: str, steps: int, network: CoordinatewiseLSTM, config: SuiteConfig, tune_seeds: int) -> dict:
+    """One (problem, horizon) pair: every optimizer on the same test problems, and the learned one's ratios."""
+    untuned, untuned_lrs, _ = untuned_baselines()
+    result = evaluate(SUITES[config.suite][name](), network, steps, config.seeds, tune_seeds,
+                      baselines={**{k: BASELINES[k] for k in TUNED}, **untuned}, grid=config.grid, lrs=untuned_lrs)
+    optimizers = result["optimizers"]
+    every = max(1, steps // 100)
+    for r in optimizers.values():  # curves at about 100 points keep results.json small
+        r["curve_mean"], r["curve_se"] = r["curve_mean"][::every], r["curve_se"][::every]
+    learned = optimizers["learned"]["final_mean"]
+    best_tuned = min(TUNED, key=lambda k: optimizers[k]["final_mean"])
+    best_untuned = min(untuned, key=lambda k: optimizers[k]["final_mean"])
+    return {"problem": name, "family": FAMILY_OF.get(name, ""), "why": why(name), "steps": steps,
+            "seeds": config.seeds, "tune_seeds": tune_seeds, "curve_every": every,
+            "best_tuned": best_tuned, "ratio_tuned": ratio(learned, optimizers[best_tuned]["final_mean"]),
+            "best_untuned": best_untuned, "ratio_untuned": ratio(learned, optimizers[best_untuned]["final_mean"]),
+            "beats_every_untuned": all(ratio(learned, optimizers[k]["final_mean"]) < 1 for k in untuned),
+            "diverged": {k: r["diverged"] for k, r in optimizers.items()},
+            "seconds_learned": optimizers["learned"]["seconds_per_run"],
+            "seconds_adam": optimizers["adam"]["seconds_per_run"], "optimizers": optimizers}
+
+
+def summary(pairs: list[dict]) -> dict[str, Any]:
+    """Fraction of pairs won against the best tuned baseline, median and worst ratio, and the bar's verdicts."""
+    ratios = [p["ratio_tuned"] for p in pairs]
+    won = sum(r < 1 for r in ratios)
+    diverged = [f"{p['problem']}@{p['steps']}" for p in pairs if p["diverged"]["learned"]]
+    not_beaten = [f"{p['problem']}@{p['steps']}" for p in pairs if not p["beats_every_untuned"]]
+    result = {"pairs": len(pairs), "won": won, "fraction_won": won / len(pairs),
+              "median_ratio": statistics.median(ratios), "worst_ratio": max(ratios),
+              "worst_pair": f"{pairs[ratios.index(max(ratios))]['problem']}@{pairs[ratios.index(max(ratios))]['steps']}",
+              "learned_diverged_in": diverged, "untuned_not_beaten_in": not_beaten}
+    result["bar"] = {
+        f"wins >= {BAR['wins']:.0%} of pairs": result["fraction_won"] >= BAR["wins"],
+        f"median ratio <= {BAR['median']}": result["median_ratio"] <= BAR["median"],
+        f"worst ratio <= {BAR['worst']}": result["worst_ratio"] <= BAR["worst"],
+        "no divergence": not diverged,
+        "beats every untuned baseline on every pair": not not_beaten}
+    result["passed"] = all(result["bar"].values())
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """The markdown table, one row per (problem, horizon) pair, and the summary against the bar."""
+    lines = ["| problem | steps | learned | best tuned (lr) | ratio | best untuned | ratio | diverged (learned; "
+             "others) | s/run learned | s/run adam |", "|---|---:|---:|---|---:|---|---:|---|---:|---:|"]
+    for p in result["pairs"]:
+        o = p["optimizers"]
+        others = ", ".join(f"{k} {n}" for k, n in p["diverged"].items() if n and k != "learned") or "-"
+        lines.append(
+            f"| {p['problem']} | {p['steps']} | {o['learned']['final_mean']:.4g} | {p['best_tuned']} "
+            f"({o[p['best_tuned']]['lr']:.3g}) {o[p['best_tuned']]['final_mean']:.4g} | {p['ratio_tuned']:.3g} | "
+            f"{p['best_untuned']} {o[p['best_untuned']]['final_mean']:.4g} | {p['ratio_untuned']:.3g} | "
+            f"{p['diverged']['learned']}; {others} | {p['seconds_learned']:.2f} | {p['seconds_adam']:.2f} |")
+    s = result["summary"]
+    lines += ["", f"Won {s['won']} of {s['pairs']} pairs ({s['fraction_won']:.0%}) against the best tuned baseline; "
+              f"median ratio {s['median_ratio']:.3g}, worst {s['worst_ratio']:.3g} ({s['worst_pair']}).", "",
+              "| bar (issue 11) | met |", "|---|---|"]
+    lines += [f"| {criterion} | {'yes' if met else '**no**'} |" for criterion, met in s["bar"].items()]
+    if result["skipped"]:
+        lines += ["", "Skipped untuned baselines: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items())]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Ratio to the best tuned baseline on a log axis, one bar per (problem, horizon), a line at 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.patches import Patch
+
+    pairs = result["pairs"]
+    finite = [r for p in pairs for r in (p["ratio_tuned"], p["ratio_untuned"]) if math.isfinite(r)] or [1.0]
+    cap = max(10.0, 2 * max(finite))  # where a diverged run's (infinite) ratio is drawn
+    horizons = sorted({p["steps"] for p in pairs})
+    colours = dict(zip(horizons, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.38 * len(pairs) + 1.5), 4.2))
+    for i, p in enumerate(pairs):  # bars grow from the line at 1: down where the learned optimizer wins
+        value = min(p["ratio_tuned"], cap)
+        ax.bar(i, value - 1, bottom=1, color=colours[p["steps"]], hatch="//" if value == cap else None)
+        if not math.isfinite(p["ratio_tuned"]):
+            ax.text(i, cap, "diverged", rotation=90, ha="center", va="top", fontsize=7)
+    ax.plot(range(len(pairs)), [min(p["ratio_untuned"], cap) for p in pairs], "kx", markersize=5)
+    handles = [Patch(color=c, label=f"vs best tuned, {steps} steps") for steps, c in colours.items()]
+    handles.append(ax.plot([], [], "kx", label="vs best untuned")[0])
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(pairs)), [f"{p['problem']} {p['steps']}" for p in pairs], rotation=70, ha="right",
+                  fontsize=7)
+    ax.set_ylabel("learned / best baseline (mean final loss)")
+    s = result["summary"]
+    ax.set_title(f"{result['suite']} suite, weights {result['weights']}: won {s['won']}/{s['pairs']}, median "
+                 f"{s['median_ratio']:.2f}", fontsize=9)
+    ax.legend(handles=handles, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)  # a killed run never leaves a half-written file
+
+
+def run_suite(config: SuiteConfig, network: CoordinatewiseLSTM, command: str = "") -> dict[str, Any]:
+    """Run (or resume) every pair, writing ``results.json`` after each; return the result with its summary."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _, _, skipped = untuned_baselines()
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "threads")}
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as they come back from results.json
+    done: dict[tuple[str, int], dict] = {}
+    path = out / "results.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("settings") == settings and old.get("skipped") == skipped:
+            done = {(p["problem"], p["steps"]): p for p in old.get("pairs", [])}
+            print(f"resuming: {len(done)} pairs already in {path}", file=sys.stderr)
+    result = {"suite": config.suite, "weights": str(config.weights or "default"),
+              "weights_source": asdict(network.source) if getattr(network, "source", None) else None,
+              "settings": settings, "loss_floor": LOSS_FLOOR, "tuned": list(TUNED), "skipped": skipped,
+              "machine": machine_description(), "command": command, "pairs": []}
+    for name, reason in skipped.items():
+        print(f"skipping untuned baseline {name}: {reason}", file=sys.stderr)
+    todo = [(name, steps, tune) for name in config.problems for steps, tune in zip(config.horizons, config.tune_seeds)]
+    for i, (name, steps, tune) in enumerate(todo, 1):
+        pair = done.get((name, steps))
+        if pair is None:
+            start = time.time()
+            pair = run_pair(name, steps, network, config, tune)
+            pair["pair_seconds"] = time.time() - start
+        result["pairs"].append(pair)
+        result["wall_seconds"] = sum(p["pair_seconds"] for p in result["pairs"])
+        write_json(path, result)
+        print(f"[{i}/{len(todo)}] {name} at {steps} steps: learned / best tuned ({pair['best_tuned']}) "
+              f"{pair['ratio_tuned']:.3g}, / best untuned ({pair['best_untuned']}) {pair['ratio_untuned']:.3g} "
+              f"({pair['pair_seconds']:.0f} s)", file=sys.stderr, flush=True)
+    result["summary"] = summary(result["pairs"])
+    write_json(path, result)
+    plot(result, out / f"{config.suite}.png")
+    (out / "table.md").write_text(table(result) + "\n")
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m torch_lstm_optim.evaluate --suite", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = {"problems": dict(nargs="+"), "horizons": dict(nargs="+", type=int),
+             "tune_seeds": dict(nargs="+", type=int), "grid": dict(nargs="+", type=float), "seeds": dict(type=int),
+             "threads": dict(type=int)}
+    for f in SuiteConfig.__dataclass_fields__.values():
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "quick":
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        elif f.name == "out":
+            p.add_argument(flag, required=True, help=f.metadata["help"])
+        else:
+            default = DEFAULT_TEXT.get(f.name, f.default)
+            p.add_argument(flag, default=None, help=f"{f.metadata['help']} (default: {default})",
+                           **kinds.get(f.name, {}))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SuiteConfig:
+    """Flags -> config: unset flags take ``--quick``'s values, then the defaults; bad values raise ``ValueError``."""
+    if args.suite is not None and args.suite not in SUITES:
+        raise ValueError(f"unknown suite {args.suite!r}: use one of {sorted(SUITES)}")
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "quick"}
+    preset = {k: v for k, v in QUICK.items() if k not in given} if args.quick else {}
+    config = SuiteConfig(**{**preset, **given}, quick=args.quick)
+    config.problems = tuple(config.problems or SUITES[config.suite])
+    unknown = [p for p in config.problems if p not in SUITES[config.suite]]
+    if unknown:
+        raise ValueError(f"unknown problems {unknown} in suite {config.suite!r}: use some of "
+                         f"{sorted(SUITES[config.suite])}")
+    config.horizons, config.tune_seeds, config.grid = (tuple(config.horizons), tuple(config.tune_seeds),
+                                                       tuple(config.grid))
+    if len(config.tune_seeds) != len(config.horizons):
+        raise ValueError(f"--tune-seeds needs one count per horizon {list(config.horizons)}, found "
+                         f"{list(config.tune_seeds)}")
+    if min(*config.horizons, *config.tune_seeds, config.seeds, config.threads) < 1 or not config.grid:
+        raise ValueError("--horizons, --tune-seeds, --seeds and --threads must be >= 1 and --grid non-empty")
+    if config.seeds < 2:
+        raise ValueError(f"--seeds must be >= 2 (standard errors), found {config.seeds}")
+    return config
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        torch.set_num_threads(config.threads)
+        network = load_network(config.weights)
+        for name in config.problems:  # every problem builds before hours of work: e.g. scikit-learn missing
+            for split in ("val", "test"):
+                _check_problem(SUITES[config.suite][name](), split, f"suite problem {name!r} ({split})")
+    except (ValueError, TaskError, WeightsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    result = run_suite(config, network, "python -m torch_lstm_optim.evaluate " + shlex.join(argv))
+    print(table(result))
+    print(f"\nwall time {result['wall_seconds']:.0f} s; results in {Path(config.out) / 'results.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
