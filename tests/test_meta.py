@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from conftest import make_network
 from torch_lstm_optim import LSTMOptimizer, load_network
 from torch_lstm_optim.evaluate import evaluate, run_optimizer
 from torch_lstm_optim.meta_train import main as meta_train_main
-from torch_lstm_optim.tasks import make_task
+from torch_lstm_optim.tasks import Problem, TaskError, make_task
 from torch_lstm_optim.unroll import Unroll, advance, meta_loss
 
 SCALE_FREE = dict(preprocessing="scale_free", log_rms_feature=True, output="direction_magnitude")
@@ -54,7 +55,8 @@ def test_meta_gradient_reaches_every_weight_without_second_derivatives() -> None
     meta_loss(losses, "log").backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
     run.detach()
-    assert not run.params[0]["theta"].requires_grad and not any(v.requires_grad for v in run.state.values())
+    assert not run.params[0]["theta"].requires_grad
+    assert not any(v.requires_grad for state in run.state.values() for v in state.values())
 
 
 def test_meta_objectives() -> None:
@@ -131,3 +133,50 @@ def test_curriculum_flags_are_checked(argv: list[str], message: str, capsys: pyt
     with pytest.raises(SystemExit):
         meta_train_main(["--horizon", "6", "--truncation", "2", *argv])
     assert message in capsys.readouterr().err
+
+
+class Labelled:
+    """A linear regression whose weight and bias are of two parameter classes ("w" and "b")."""
+
+    name = "labelled"
+
+    def sample(self, seed: int, split: str = "train") -> Problem:
+        problem = make_task("teacher", inputs=3, hidden=(), samples=32, batch_size=8).sample(seed, split)
+        names = list(problem.params)
+        return dataclasses.replace(problem, param_classes={names[0]: "w", names[1]: "b"})
+
+
+def test_one_network_per_parameter_class_in_the_unroll_equals_per_group_optimizer() -> None:
+    nets = {"w": make_network(1, **SCALE_FREE), "b": make_network(2)}
+    problem = Labelled().sample(0)
+    run = Unroll.start([problem])
+    with torch.no_grad():
+        advance(nets, run, 6)
+    params = {k: v.detach().clone().requires_grad_() for k, v in problem.params.items()}
+    (w, b) = params.values()
+    optimizer = LSTMOptimizer([{"params": [w], "weights": nets["w"]}, {"params": [b], "weights": nets["b"]}])
+    for t in range(6):
+        optimizer.zero_grad()
+        problem.loss(params, t).backward()
+        optimizer.step()
+    for name, value in params.items():
+        torch.testing.assert_close(value.detach(), run.params[0][name], rtol=1e-5, atol=1e-6)
+    with pytest.raises(TaskError, match=r"without a network of their class \['b', 'x'\]"):
+        advance({"b": nets["b"], "x": nets["w"]}, Unroll.start([problem]), 1)
+
+
+def test_meta_train_writes_one_network_per_class(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    argv = ["--task", "test_meta:Labelled", "--param-classes", "w", "b", "--iterations", "2", "--meta-batch", "2",
+            "--eval-every", "1", "--horizon", "4", "--truncation", "2", "--val-problems", "2", "--threads", "1",
+            "--no-compile", "--hidden-size", "4"]
+    meta_train_main([*argv, "--out", str(out)])
+    first, second = load_network(out / "w"), load_network(out / "b")
+    assert not torch.equal(first.head.weight, second.head.weight)  # two networks, trained separately
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert {k.split(".")[0] for k in checkpoint["network"]} == {"w", "b"}
+    meta_train_main([*argv, "--out", str(out), "--resume", "--iterations", "3"])
+    with pytest.raises(SystemExit):
+        meta_train_main([*argv[:2], "--param-classes", "conv", "--out", str(tmp_path / "bad"), *argv[5:]])
+    assert "without a network of their class ['conv']" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

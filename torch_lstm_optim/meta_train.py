@@ -36,12 +36,12 @@ import torch
 from .evaluate import machine_description, parse_task_args
 from .network import CoordinatewiseLSTM, NetworkConfig
 from .tasks import Task, TaskError, make_task
-from .unroll import Rule, Unroll, advance, meta_loss
+from .unroll import SINGLE, Networks, Rule, Unroll, advance, as_classes, meta_loss, param_labels
 from .weights import WEIGHTS_FILE, WeightsError, load_network
 
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
-RESUME_FIXED = ("task", "task_arg", "init_weights", "init_rule", "init_lr", "horizon", "truncation", "meta_batch",
+RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_rule", "init_lr", "horizon", "truncation", "meta_batch",
                 "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems", "val_metric",
                 "curriculum", "patience")
 
@@ -61,6 +61,10 @@ class MetaTrainConfig:
 
     task: str = field(default="quadratic", metadata={"help": "task name or package.module:factory"})
     task_arg: list[str] = field(default_factory=list, metadata={"help": "task option key=value (repeatable)"})
+    param_classes: list[str] = field(default_factory=list, metadata={
+        "help": "one network per parameter class, e.g. 'conv other' for cifar10-conv (the paper's CIFAR-10 setup): "
+                "the task labels its parameters (Problem.param_classes); class C's weights go to OUT/C. Default: "
+                "one network for all parameters, written to OUT"})
     data_dir: str = field(default="data", metadata={"help": "data folder for tasks with data (MNIST under it)"})
     horizon: int = field(default=100, metadata={"help": "optimisation steps per problem (T), and of validation"})
     curriculum: list[int] = field(default_factory=list, metadata={
@@ -119,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
                 group.add_argument(flag, action="append", default=default, help=help_text)
             elif f.name == "curriculum":
                 group.add_argument(flag, type=int, nargs="*", default=default, help=help_text)
+            elif f.name == "param_classes":
+                group.add_argument(flag, nargs="*", default=default, help=help_text)
             elif f.name == "betas":
                 group.add_argument(flag, type=float, nargs="+", default=default, help=help_text)
             else:
@@ -140,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
     if sorted(set(config.curriculum)) != config.curriculum or any(h >= config.horizon for h in config.curriculum):
         parser.error(f"--curriculum must increase and stay below --horizon ({config.horizon}), found "
                      f"{config.curriculum}")
+    if len(set(config.param_classes)) != len(config.param_classes) or any(
+            not c or "." in c or "/" in c for c in config.param_classes):
+        parser.error(f"--param-classes must be distinct names without '.' or '/', found {config.param_classes}")
     if config.val_metric not in ("loss", "log_ratio"):
         parser.error(f"--val-metric must be 'loss' or 'log_ratio', found {config.val_metric!r}")
     if config.val_split not in ("val", "train"):
@@ -162,7 +171,8 @@ def validation_seeds(config: MetaTrainConfig) -> range:
     return range(offset, offset + config.val_problems)
 
 
-def validate(network: CoordinatewiseLSTM, task: Task, config: MetaTrainConfig, rule: Rule | None = None) -> float:
+def validate(network: Networks, task: Task, config: MetaTrainConfig,
+             rule: Rule | dict[str, Rule] | None = None) -> float:
     """The network's score on the fixed validation problems after ``horizon`` steps (no meta-gradient): their mean
     final loss, or with ``val_metric="log_ratio"`` the mean log of final over initial loss."""
     run = Unroll.start([task.sample(seed, config.val_split) for seed in validation_seeds(config)])
@@ -192,6 +202,7 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 def save_weights(network: CoordinatewiseLSTM, out: Path) -> None:
     """Write ``config.json`` + ``model.safetensors`` into ``out`` through a temporary folder, file by file atomically."""
+    out.mkdir(exist_ok=True)
     tmp = out / ".weights.tmp"
     network.save_pretrained(tmp)
     for name in ("config.json", "model.safetensors"):
@@ -201,7 +212,7 @@ def save_weights(network: CoordinatewiseLSTM, out: Path) -> None:
     tmp.rmdir()
 
 
-def resume_from(path: Path, config: MetaTrainConfig, network: CoordinatewiseLSTM,
+def resume_from(path: Path, config: MetaTrainConfig, network: torch.nn.Module,
                 meta_optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Load the checkpoint ``path`` into ``network`` and ``meta_optimizer``; return its progress.
 
@@ -215,7 +226,7 @@ def resume_from(path: Path, config: MetaTrainConfig, network: CoordinatewiseLSTM
         reason = str(error).splitlines()[0] if str(error) else ""
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {reason}); move it "
                               "away to start over") from None
-    now = {**{k: getattr(config, k) for k in RESUME_FIXED}, **network.config.to_dict()}
+    now = {**{k: getattr(config, k) for k in RESUME_FIXED}, **network_config_of(network).to_dict()}
     defaults = asdict(MetaTrainConfig())  # for settings added after the checkpoint was written
     then = {**{k: saved.get(k, defaults[k]) for k in RESUME_FIXED}, **saved_network}
     different = [f"{k} {then.get(k)!r} (now {value!r})" for k, value in now.items() if then.get(k) != value]
@@ -240,24 +251,45 @@ def trim_log(path: Path, iteration: int) -> None:
         atomic_write(path, lambda handle: handle.write("".join(kept).encode("utf-8")))
 
 
+def network_config_of(model: torch.nn.Module) -> NetworkConfig:
+    """The config of the network (or of the first of the per-class networks, which all share it)."""
+    return next(iter(as_classes(model).values())).config
+
+
+def start_networks(config: MetaTrainConfig, network_config: NetworkConfig) -> torch.nn.Module:
+    """The network(s) meta-training starts from: one, or an ``nn.ModuleDict`` of one per ``--param-classes``."""
+    networks = {}
+    for label in config.param_classes or [SINGLE]:
+        if config.init_weights:
+            network = load_network(config.init_weights)
+        else:
+            network = CoordinatewiseLSTM(network_config)
+            if network_config.output == "direction_magnitude":
+                network.init_head(config.init_rule, config.init_lr or network_config.output_scale)
+        networks[label] = network
+    return networks[SINGLE] if not config.param_classes else torch.nn.ModuleDict(networks)
+
+
+def weight_folders(model: torch.nn.Module, out: Path) -> dict[Path, CoordinatewiseLSTM]:
+    """Where each network's weights go: ``out`` for one network, ``out/<class>`` for per-class ones."""
+    return {out if label == SINGLE else out / label: network for label, network in as_classes(model).items()}
+
+
 def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) -> dict[str, Any]:
     """Run (or resume) meta-training; returns a summary (also written into the model card)."""
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     task = build_task(config)  # before anything is written: a bad task or missing data leaves no trace
     torch.manual_seed(config.seed)
-    if config.init_weights:
-        network = load_network(config.init_weights)
-    else:
-        network = CoordinatewiseLSTM(network_config)
-        if network_config.output == "direction_magnitude":
-            network.init_head(config.init_rule, config.init_lr or network_config.output_scale)
+    network = start_networks(config, network_config)  # one network, or a ModuleDict of one per class
+    param_labels([task.sample(0, "train")], as_classes(network))  # every parameter has a network, or say which
     network.train()
-    head = list(network.head.parameters())
+    head = [p for net in weight_folders(network, out).values() for p in net.head.parameters()]
     meta_optimizer = torch.optim.Adam([
         {"params": [p for p in network.parameters() if all(p is not q for q in head)]},
         {"params": head, "lr": config.head_lr or config.meta_lr}], lr=config.meta_lr)
-    rule = torch.compile(network.step, dynamic=True) if config.compile else network.step
+    rule = {label: torch.compile(net.step, dynamic=True)
+            for label, net in as_classes(network).items()} if config.compile else None
     progress = {"iteration": 0, "meta_updates": 0, "skipped": 0, "in_a_row": 0, "best_val": math.inf,
                 "best_iteration": -1, "elapsed": 0.0, "stage": 0, "since_best": 0}
     horizons = [*config.curriculum, config.horizon]
@@ -277,16 +309,19 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
         raise OSError(f"cannot write to the output folder {out}: {reason}") from None
     # What a kill in the middle of a write left behind (the files they were to replace are intact).
     checkpoint_path.with_name(checkpoint_path.name + ".tmp").unlink(missing_ok=True)
-    shutil.rmtree(out / ".weights.tmp", ignore_errors=True)
+    for folder in weight_folders(network, out):
+        shutil.rmtree(folder / ".weights.tmp", ignore_errors=True)
 
     def save_checkpoint() -> None:
         atomic_save({"network": network.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
-                     "progress": progress, "config": asdict(config), "network_config": network.config.to_dict()},
+                     "progress": progress, "config": asdict(config),
+                     "network_config": network_config_of(network).to_dict()},
                     checkpoint_path)
 
     if progress["best_iteration"] < 0:  # a fresh run: the starting network is the first candidate
         progress["best_val"], progress["best_iteration"] = validate(network, task, config, rule), 0
-        save_weights(network, out)
+        for folder, net in weight_folders(network, out).items():
+            save_weights(net, folder)
         log.write(json.dumps({"iteration": 0, "elapsed": 0.0, "skipped": 0, "val": progress["best_val"]}) + "\n")
 
     from tqdm import tqdm
@@ -337,7 +372,8 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
                 if record["val"] < progress["best_val"]:
                     progress["best_val"], progress["best_iteration"] = record["val"], iteration + 1
                     progress["since_best"] = 0
-                    save_weights(network, out)
+                    for folder, net in weight_folders(network, out).items():
+                        save_weights(net, folder)
                 if progress["since_best"] >= config.patience and progress["stage"] + 1 < len(horizons):
                     progress["stage"] += 1
                     progress["since_best"] = 0
@@ -356,7 +392,7 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
         log.close()
     summary = {**progress, "command": command, "config": asdict(config), "machine": machine_description(),
                "wall_seconds": round(progress["elapsed"], 1),
-               "parent": parent_record(network) if config.init_weights else None}
+               "parent": parent_record(load_network(config.init_weights)) if config.init_weights else None}
     write_card(out, summary)
     return summary
 

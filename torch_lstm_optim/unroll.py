@@ -3,30 +3,33 @@ runs for validation.
 
 Each step computes ``f(theta_t)`` on minibatch ``t``, its gradient (detached: the paper treats gradients as
 constants, so no second derivatives), and ``theta_{t+1} = theta_t + lr * m(grad_t)`` with the network's ONE rule
-:meth:`CoordinatewiseLSTM.step`. The coordinates of all problems go through the network as one batch. With autograd
+:meth:`CoordinatewiseLSTM.step`. The coordinates of all problems go through the network as one batch. With one
+network per parameter class (the paper's CIFAR-10 setup: ``{"conv": net_a, "other": net_b}``), each parameter goes
+to the network of its class (``Problem.param_classes``), and each network gets one batch. With autograd
 on, the returned losses are differentiable with respect to the network's weights; between truncations the caller
 calls :meth:`Unroll.detach`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .network import CoordinatewiseLSTM, State
-from .tasks import Params, Problem
+from .tasks import Params, Problem, TaskError
 
 
 @dataclass
 class Unroll:
-    """Where a batch of problems stands: their parameters, the network's state for their coordinates, the step."""
+    """Where a batch of problems stands: their parameters, each network's state for its coordinates (by class), the
+    step."""
 
     problems: list[Problem]
     params: list[Params]
-    state: State | None = None
+    state: dict[str, State] | None = None
     step: int = 0
 
     @classmethod
@@ -37,7 +40,7 @@ class Unroll:
         """Cut the graph (end of a truncation): parameters and state become constants."""
         self.params = [{k: v.detach() for k, v in p.items()} for p in self.params]
         if self.state is not None:
-            self.state = {k: v.detach() for k, v in self.state.items()}
+            self.state = {c: {k: v.detach() for k, v in s.items()} for c, s in self.state.items()}
 
     def losses(self) -> Tensor:
         """``f(theta_t)`` of every problem on minibatch ``t``, shape ``(B,)``."""
@@ -50,16 +53,42 @@ class Unroll:
 
 
 Rule = Callable[[Tensor, State], tuple[Tensor, State]]
+Networks = CoordinatewiseLSTM | Mapping[str, CoordinatewiseLSTM]
+SINGLE = "all"  # the class of every parameter when one network serves them all
 
 
-def advance(network: CoordinatewiseLSTM, run: Unroll, steps: int, lr: float = 1.0, rule: Rule | None = None) -> Tensor:
+def as_classes(networks: Networks) -> dict[str, CoordinatewiseLSTM]:
+    """``{class: network}``; a single network is the network of class :data:`SINGLE`."""
+    return {SINGLE: networks} if isinstance(networks, CoordinatewiseLSTM) else dict(networks)
+
+
+def param_labels(problems: list[Problem], classes: Mapping[str, object]) -> list[str]:
+    """The class of every parameter of ``problems``, in their order; a clear error for a parameter the task left
+    without a class, or whose class has no network."""
+    if set(classes) == {SINGLE}:
+        return [SINGLE for pb in problems for _ in pb.params]
+    labels = [pb.param_classes.get(name) for pb in problems for name in pb.params]
+    missing = sorted({f"{name}: {pb.param_classes.get(name)!r}" for pb in problems for name in pb.params
+                      if pb.param_classes.get(name) not in classes})
+    if missing:
+        raise TaskError(f"parameters without a network of their class {sorted(classes)}: {missing}; the task's "
+                         "problems must label every parameter (Problem.param_classes)")
+    return labels
+
+
+def advance(network: Networks, run: Unroll, steps: int, lr: float = 1.0,
+            rule: Rule | Mapping[str, Rule] | None = None) -> Tensor:
     """Apply ``steps`` updates; return ``f(theta_t)`` for the ``steps`` new parameters, shape ``(steps, B)``.
 
-    Differentiable with respect to the network if autograd is enabled by the caller; under ``torch.no_grad`` it is
-    a plain optimisation run (the optimizee's gradients are still computed). ``rule`` replaces ``network.step``
-    by a compiled version of it (``torch.compile(network.step)``), never by other math.
+    ``network`` is one network, or ``{class: network}`` for one network per parameter class. Differentiable with
+    respect to the networks if autograd is enabled by the caller; under ``torch.no_grad`` it is a plain
+    optimisation run (the optimizee's gradients are still computed). ``rule`` (per class for several networks)
+    replaces ``network.step`` by a compiled version of it (``torch.compile(network.step)``), never by other math.
     """
-    rule = rule or network.step
+    networks = as_classes(network)
+    rules = dict(rule) if isinstance(rule, Mapping) else {c: rule for c in networks}
+    rules = {c: rules.get(c) or net.step for c, net in networks.items()}
+    labels = param_labels(run.problems, networks)
     meta = torch.is_grad_enabled()
     losses = []
     for i in range(steps + 1):
@@ -73,12 +102,21 @@ def advance(network: CoordinatewiseLSTM, run: Unroll, steps: int, lr: float = 1.
                 break
             flat = [v for p in run.params for v in p.values()]
             grads = torch.autograd.grad(current.sum(), flat, retain_graph=meta)
-        grad = torch.cat([g.reshape(-1) for g in grads])
-        if run.state is None:
-            run.state = network.init_state(grad)
-        update, run.state = rule(grad, run.state)
-        pieces = iter(update.split([v.numel() for v in flat]))
-        run.params = [{k: v + lr * next(pieces).view_as(v) for k, v in p.items()} for p in run.params]
+        updates: list[Tensor | None] = [None] * len(flat)
+        state = run.state or {}
+        for label, net in networks.items():
+            members = [i for i, other in enumerate(labels) if other == label]
+            if not members:
+                continue
+            grad = torch.cat([grads[i].reshape(-1) for i in members])
+            if label not in state:
+                state[label] = net.init_state(grad)
+            update, state[label] = rules[label](grad, state[label])
+            for i, piece in zip(members, update.split([flat[i].numel() for i in members])):
+                updates[i] = piece.view_as(flat[i])
+        run.state = state
+        pieces = iter(updates)
+        run.params = [{k: v + lr * next(pieces) for k, v in p.items()} for p in run.params]
         run.step += 1
     return torch.stack(losses)
 
