@@ -9,6 +9,9 @@ meta-gradient clipping), then detaches parameters and state (truncated BPTT, And
 are kept (early stopping). With a ``curriculum`` of shorter horizons, episodes start at the first and move to the
 next each time validation has not improved for ``patience`` validations (Chen et al. 2020), up to ``horizon``. A checkpoint is written atomically after every meta-iteration; ``--resume`` continues from it and gives
 the same result as an uninterrupted run (problems are drawn from (seed, iteration), so no RNG state is needed).
+Under ``torchrun --nproc-per-node N`` each process unrolls an equal share of the meta-batch and the meta-gradients
+are averaged (:mod:`torch_lstm_optim.distributed`): the same result as one process, within float rounding; rank 0
+writes the files.
 The output folder holds ``config.json`` + ``model.safetensors`` (the best weights), a model card ``README.md``,
 ``log.jsonl`` and ``checkpoint.pt``.
 """
@@ -33,6 +36,7 @@ from typing import IO, Any
 
 import torch
 
+from . import distributed
 from .evaluate import machine_description, parse_task_args
 from .network import CoordinatewiseLSTM, NetworkConfig
 from .tasks import Task, TaskError, make_task
@@ -155,6 +159,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
         parser.error(f"--val-split must be 'val' or 'train', found {config.val_split!r}")
     if config.objective not in ("sum", "log", "final"):
         parser.error(f"--objective must be 'sum', 'log' or 'final', found {config.objective!r}")
+    processes = distributed.launched_processes()
+    if config.meta_batch % processes:
+        parser.error(f"--meta-batch ({config.meta_batch}) must be a multiple of the number of processes "
+                     f"({processes}): each process unrolls an equal share of the meta-batch")
     malformed = [item for item in config.task_arg if "=" not in item]
     if malformed:
         parser.error(f"--task-arg expects key=value, found {malformed[0]!r}")
@@ -174,15 +182,20 @@ def validation_seeds(config: MetaTrainConfig) -> range:
 def validate(network: Networks, task: Task, config: MetaTrainConfig,
              rule: Rule | dict[str, Rule] | None = None) -> float:
     """The network's score on the fixed validation problems after ``horizon`` steps (no meta-gradient): their mean
-    final loss, or with ``val_metric="log_ratio"`` the mean log of final over initial loss."""
-    run = Unroll.start([task.sample(seed, config.val_split) for seed in validation_seeds(config)])
-    initial = run.final_losses()
-    with torch.no_grad():
-        advance(network, run, config.horizon, rule=rule)
-        finals = run.final_losses()
-    if not torch.isfinite(finals).all():
+    final loss, or with ``val_metric="log_ratio"`` the mean log of final over initial loss; ``inf`` if a final loss
+    is not finite. Each process runs its share of the problems; all get the same score."""
+    seeds, scores, finite = distributed.share(validation_seeds(config)), torch.zeros(0), True
+    if seeds:
+        run = Unroll.start([task.sample(seed, config.val_split) for seed in seeds])
+        initial = run.final_losses()
+        with torch.no_grad():
+            advance(network, run, config.horizon, rule=rule)
+            finals = run.final_losses()
+        finite = bool(torch.isfinite(finals).all())
+        scores = finals if config.val_metric == "loss" else (finals / initial).log()
+    if not distributed.all_true(finite):
         return math.inf
-    return float(finals.mean() if config.val_metric == "loss" else (finals / initial).log().mean())
+    return float(distributed.mean(scores))
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -276,8 +289,11 @@ def weight_folders(model: torch.nn.Module, out: Path) -> dict[Path, Coordinatewi
 
 
 def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) -> dict[str, Any]:
-    """Run (or resume) meta-training; returns a summary (also written into the model card)."""
+    """Run (or resume) meta-training; returns a summary (also written into the model card).
+
+    Under torchrun every process runs this; rank 0 alone writes the output folder and shows progress."""
     torch.set_num_threads(config.threads)
+    writer = distributed.rank() == 0
     out = Path(config.out)
     task = build_task(config)  # before anything is written: a bad task or missing data leaves no trace
     torch.manual_seed(config.seed)
@@ -301,53 +317,62 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
         raise CheckpointError(f"{checkpoint_path}: {out} holds a run already; pass --resume to continue it, or "
                               "another --out (nothing is overwritten)")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        trim_log(out / "log.jsonl", progress["iteration"] if resumed else -1)
-        log = open(out / "log.jsonl", "a", encoding="utf-8")
+        if writer:
+            out.mkdir(parents=True, exist_ok=True)
+            trim_log(out / "log.jsonl", progress["iteration"] if resumed else -1)
+        log = open(out / "log.jsonl" if writer else os.devnull, "a", encoding="utf-8")
     except OSError as error:
         reason = "it is a file" if out.is_file() else error.strerror
         raise OSError(f"cannot write to the output folder {out}: {reason}") from None
     # What a kill in the middle of a write left behind (the files they were to replace are intact).
-    checkpoint_path.with_name(checkpoint_path.name + ".tmp").unlink(missing_ok=True)
-    for folder in weight_folders(network, out):
-        shutil.rmtree(folder / ".weights.tmp", ignore_errors=True)
+    if writer:
+        checkpoint_path.with_name(checkpoint_path.name + ".tmp").unlink(missing_ok=True)
+        for folder in weight_folders(network, out):
+            shutil.rmtree(folder / ".weights.tmp", ignore_errors=True)
+
+    def save_best() -> None:
+        if writer:
+            for folder, net in weight_folders(network, out).items():
+                save_weights(net, folder)
 
     def save_checkpoint() -> None:
-        atomic_save({"network": network.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
-                     "progress": progress, "config": asdict(config),
-                     "network_config": network_config_of(network).to_dict()},
-                    checkpoint_path)
+        if writer:
+            atomic_save({"network": network.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
+                         "progress": progress, "config": asdict(config),
+                         "network_config": network_config_of(network).to_dict()},
+                        checkpoint_path)
 
     if progress["best_iteration"] < 0:  # a fresh run: the starting network is the first candidate
         progress["best_val"], progress["best_iteration"] = validate(network, task, config, rule), 0
-        for folder, net in weight_folders(network, out).items():
-            save_weights(net, folder)
+        save_best()
         log.write(json.dumps({"iteration": 0, "elapsed": 0.0, "skipped": 0, "val": progress["best_val"]}) + "\n")
 
     from tqdm import tqdm
 
     bar = tqdm(range(progress["iteration"], config.iterations), initial=progress["iteration"],
-               total=config.iterations, desc="meta-train", dynamic_ncols=True)
+               total=config.iterations, desc="meta-train", dynamic_ncols=True, disable=not writer)
     started = time.time() - progress["elapsed"]
     try:
         for iteration in bar:
             seeds = [config.seed * 10_000_019 + iteration * config.meta_batch + b for b in range(config.meta_batch)]
-            run = Unroll.start([task.sample(s, "train") for s in seeds])
+            run = Unroll.start([task.sample(s, "train") for s in distributed.share(seeds)])
             horizon = horizons[progress["stage"]]
             episode = []
             for _ in range(horizon // config.truncation):
                 loss = meta_loss(advance(network, run, config.truncation, rule=rule), config.objective)
-                if not torch.isfinite(loss):
+                overall = distributed.mean(loss.detach().reshape(1))  # non-finite if any process's loss is
+                if not torch.isfinite(overall):
                     break
                 meta_optimizer.zero_grad()
                 loss.backward()
+                distributed.average_gradients(network.parameters())  # all networks' weights, in one buffer
                 grads_ok = all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
                 if not grads_ok:
                     break
                 torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip)
                 meta_optimizer.step()
                 progress["meta_updates"] += 1
-                episode.append(loss.item())
+                episode.append(overall.item())
                 run.detach()
             else:
                 progress["in_a_row"] = 0
@@ -372,8 +397,7 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
                 if record["val"] < progress["best_val"]:
                     progress["best_val"], progress["best_iteration"] = record["val"], iteration + 1
                     progress["since_best"] = 0
-                    for folder, net in weight_folders(network, out).items():
-                        save_weights(net, folder)
+                    save_best()
                 if progress["since_best"] >= config.patience and progress["stage"] + 1 < len(horizons):
                     progress["stage"] += 1
                     progress["since_best"] = 0
@@ -385,15 +409,18 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     except KeyboardInterrupt:
         # Not saved now: mid-iteration the network is partly updated, and resuming from it would not reproduce
         # an uninterrupted run. The checkpoint of the last whole iteration is on disk.
-        print(f"\ninterrupted: the last complete meta-iteration is saved in {checkpoint_path}; continue with "
-              "--resume", file=sys.stderr)
+        if writer:
+            print(f"\ninterrupted: the last complete meta-iteration is saved in {checkpoint_path}; continue with "
+                  "--resume", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
         log.close()
     summary = {**progress, "command": command, "config": asdict(config), "machine": machine_description(),
+               "processes": distributed.world_size(),
                "wall_seconds": round(progress["elapsed"], 1),
                "parent": parent_record(load_network(config.init_weights)) if config.init_weights else None}
-    write_card(out, summary)
+    if writer:
+        write_card(out, summary)
     return summary
 
 
@@ -430,7 +457,7 @@ Produced by the project's meta-trainer with:
 {lineage}- seed {config['seed']}; {summary['iteration']} meta-iterations, {summary['meta_updates']} meta-updates, {summary['skipped']} skipped (non-finite)
 - best validation {config['val_metric'].replace('_', ' ')} {summary['best_val']:.4f} at iteration {summary['best_iteration']} ({config['val_problems']} val problems, {config['horizon']} steps)
 - horizons {[*config['curriculum'], config['horizon']]}, truncations of {config['truncation']} steps; the last stage reached: {[*config['curriculum'], config['horizon']][summary['stage']]} steps
-- wall time {summary['wall_seconds'] / 60:.1f} min on {summary['machine']}
+- wall time {summary['wall_seconds'] / 60:.1f} min on {summary['machine']}{processes_note(summary, config)}
 
 Load it with `LSTMOptimizer(model.parameters(), weights="<this folder or name>")`.
 
@@ -443,13 +470,25 @@ Load it with `LSTMOptimizer(model.parameters(), weights="<this folder or name>")
     atomic_write(out / "README.md", lambda handle: handle.write(text.encode("utf-8")))
 
 
+def processes_note(summary: dict[str, Any], config: dict[str, Any]) -> str:
+    """The model card's note on distributed meta-training (nothing for one process)."""
+    n = summary.get("processes", 1)
+    return "" if n == 1 else (f", {n} processes (torchrun, gloo), {config['meta_batch'] // n} problems of the "
+                              "meta-batch each, meta-gradients averaged")
+
+
 def main(argv: list[str] | None = None) -> None:
     """The CLI. Bad flags, task, data, weights or checkpoint exit with code 2, a failed run (diverged, or an
     output folder that cannot be written) with 1: one ``error:`` line on stderr, no traceback."""
     config, network_config = parse_args(argv)
-    command = "python -m torch_lstm_optim.meta_train " + shlex.join(argv if argv is not None else sys.argv[1:])
+    processes = distributed.launched_processes()
+    launcher = "python -m" if processes == 1 else f"torchrun --nproc-per-node {processes} -m"  # for the card
+    command = f"{launcher} torch_lstm_optim.meta_train " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
-        summary = train(config, network_config, command)
+        with distributed.process_group():
+            summary = train(config, network_config, command)
+            if distributed.rank() != 0:
+                return
         print(f"best validation {config.val_metric} {summary['best_val']:.4f} at iteration {summary['best_iteration']}; "
               f"weights in {config.out}")
         if config.push_to_hub:
