@@ -107,3 +107,22 @@ def test_final_loss_in_eval_mode():
     problem = Problem(params={"x": torch.ones(2)}, loss=lambda p, step: (p["x"] - 3).square().sum())
     run = run_optimizer(problem, lambda params: ModalSGD(params, lr=0.1), 5)
     assert isinstance(run, Run) and run.final == 18.0 and run.curve[-1] < 18.0
+
+
+def test_windowed_tuning_picks_what_the_whole_grid_picks():
+    """Tuning from a shorter horizon's learning rate, widened while the best is at an edge, lands on the whole
+    grid's choice (SGD on x^2: unimodal in the learning rate), trying fewer learning rates when it starts near it."""
+    from torch_lstm_optim.evaluate import BASELINES, LR_GRID
+    from torch_lstm_optim.suite import tune
+
+    class Parabola:
+        name = "parabola"
+
+        def sample(self, seed, split="test"):
+            return Problem(params={"x": torch.tensor([1.0 + seed])}, loss=lambda p, step: p["x"].square().sum())
+
+    best, scores = tune(Parabola(), BASELINES["sgd"], 5, 2, LR_GRID)
+    assert len(scores) == len(LR_GRID) and best == pytest.approx(10 ** -0.5)
+    for centre, tried in ((0.1, 5), (1e-4, 9), (10.0, 5)):
+        lr, scores = tune(Parabola(), BASELINES["sgd"], 5, 2, LR_GRID, centre=centre, window=2)
+        assert lr == best and len(scores) == tried, centre

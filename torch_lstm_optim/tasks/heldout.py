@@ -172,7 +172,7 @@ class _ConvDigits(nn.Module):
 
 @dataclass
 class DigitsConv:
-    """A conv net with global average pooling on scikit-learn's 8x8 digits: other images than MNIST's."""
+    """The nearest to training (a control): a conv net on other digits (8x8, 17 grey levels), global average pooling."""
 
     name: str = "digits-conv"
 
