@@ -12,6 +12,7 @@ from conftest import make_network
 
 from torch_lstm_optim import LSTMOptimizer, load_network
 from torch_lstm_optim.evaluate import evaluate, run_optimizer
+from torch_lstm_optim.evaluate import main as evaluate_main
 from torch_lstm_optim.meta_train import main as meta_train_main
 from torch_lstm_optim.tasks import Problem, TaskError, make_task
 from torch_lstm_optim.unroll import Unroll, advance, meta_loss
@@ -99,8 +100,6 @@ def test_evaluate_reports_tuned_baselines(tmp_path: Path) -> None:
 
 
 def test_evaluate_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from torch_lstm_optim.evaluate import main as evaluate_main
-
     for argv, message in ((["--task", "nope"], "unknown task 'nope'"),
                           (["--task", "quadratic", "--weights", str(tmp_path / "missing")], "unknown weights")):
         with pytest.raises(SystemExit) as stop:
@@ -180,3 +179,25 @@ def test_meta_train_writes_one_network_per_class(tmp_path: Path, capsys: pytest.
         meta_train_main([*argv[:2], "--param-classes", "conv", "--out", str(tmp_path / "bad"), *argv[5:]])
     assert "without a network of their class ['conv']" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_evaluate_runs_one_network_per_class(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    nets = {"w": make_network(1), "b": make_network(2)}
+    result = evaluate(Labelled(), nets, steps=5, runs=2, tune_runs=1, baselines=["sgd"], grid=[0.1])
+    problem = Labelled().sample(1, "test")
+    expected = run_optimizer(problem, lambda p: LSTMOptimizer([{"params": [p[0]], "weights": nets["w"]},
+                                                               {"params": [p[1]], "weights": nets["b"]}]), 5)
+    assert result["optimizers"]["learned"]["finals"][1] == expected.final
+    for label, net in nets.items():
+        net.save_pretrained(tmp_path / label)
+    out = tmp_path / "out"
+    evaluate_main(["--task", "test_meta:Labelled", "--weights", f"w={tmp_path / 'w'}", "--weights",
+                   f"b={tmp_path / 'b'}", "--steps", "3", "--runs", "2", "--tune-runs", "1", "--threads", "1",
+                   "--out", str(out)])
+    assert json.loads((out / "results.json").read_text())["weights"].startswith("w=")
+    for bad in (["--weights", "w=", "--weights", "b=x"], ["--weights", f"w={tmp_path / 'w'}"]):
+        with pytest.raises(SystemExit):
+            evaluate_main(["--task", "test_meta:Labelled", *bad, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert "give one name/folder/hub id, or CLASS=WEIGHTS once per class" in err
+    assert "without a network of their class ['w']" in err

@@ -27,6 +27,7 @@ from torch import Tensor
 from .network import CoordinatewiseLSTM
 from .optimizer import LSTMOptimizer
 from .tasks import Problem, Task, TaskError, make_task
+from .unroll import Networks, param_labels
 from .weights import WeightsError, load_network
 
 OptimizerFactory = Callable[[list[Tensor], float], torch.optim.Optimizer]
@@ -105,18 +106,31 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
             "diverged": sum(not math.isfinite(f) for f in finals), "seconds_per_run": _mean([r.seconds for r in runs])}
 
 
-def evaluate(task: Task, network: CoordinatewiseLSTM, steps: int = 100, runs: int = 20, tune_runs: int = 5,
+def learned_optimizer(network: Networks, problem: Problem) -> Callable[[list[Tensor]], torch.optim.Optimizer]:
+    """``LSTMOptimizer`` over ``problem``'s parameters (in their order): one network, or ``{class: network}`` with
+    one param group per class of ``problem.param_classes`` (the paper's CIFAR-10 setup)."""
+    if isinstance(network, CoordinatewiseLSTM):
+        return lambda params: LSTMOptimizer(params, weights=network)
+    labels = param_labels([problem], network)
+    return lambda params: LSTMOptimizer([{"params": [p for p, c in zip(params, labels) if c == label], "weights": net}
+                                         for label, net in network.items() if label in labels])
+
+
+def evaluate(task: Task, network: Networks, steps: int = 100, runs: int = 20, tune_runs: int = 5,
              baselines: Iterable[str] | dict[str, OptimizerFactory] = PAPER_BASELINES,
              grid: Iterable[float] = LR_GRID, lrs: dict[str, float] | None = None) -> dict[str, Any]:
     """Learned optimizer vs tuned baselines on ``runs`` test problems; returns a JSON-able result dict.
+
+    ``network`` is one network, or ``{class: network}`` for one network per parameter class.
 
     ``baselines`` names entries of :data:`BASELINES`, or maps names to factories ``(params, lr) -> optimizer`` of
     any others (e.g. other learned weights). ``lrs`` fixes baseline learning rates instead of tuning them (e.g. to
     reuse a tuning, or to run learned weights at their ``lr=1``).
     """
     seeds = range(runs)
+    problems = [task.sample(seed, "test") for seed in seeds]
     results: dict[str, Any] = {"learned": {"lr": 1.0, **summarise(
-        run_many(task, seeds, "test", lambda p: LSTMOptimizer(p, weights=network), steps))}}
+        [run_optimizer(pb, learned_optimizer(network, pb), steps) for pb in problems])}}
     factories = baselines if isinstance(baselines, dict) else {name: BASELINES[name] for name in baselines}
     for name, factory in factories.items():
         if lrs and name in lrs:
@@ -225,7 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", default="mnist-mlp", help="task name or package.module:factory")
     parser.add_argument("--task-arg", action="append", default=[], help="task option key=value (repeatable)")
     parser.add_argument("--data-dir", default=None, help="data folder for tasks with data (e.g. ../shared/data)")
-    parser.add_argument("--weights", default=None, help="bundled name, folder or hub id (default: the default)")
+    parser.add_argument("--weights", action="append", default=[], help=(
+        "bundled name, folder or hub id (default: the default); or CLASS=WEIGHTS, once per parameter class, for "
+        "one network per class (as meta_train --param-classes writes them)"))
     parser.add_argument("--steps", type=int, default=100, help="optimisation steps per run")
     parser.add_argument("--runs", type=int, default=20, help="test problems per optimizer")
     parser.add_argument("--tune-runs", type=int, default=5, help="val problems per learning rate when tuning")
@@ -240,13 +256,17 @@ def main(argv: list[str] | None = None) -> None:
     options = parse_task_args(args.task_arg)
     try:
         task = make_task(args.task, data_dir=args.data_dir, **options)
-        network = load_network(args.weights)
+        network = load_weights_arg(args.weights)
+        if not isinstance(network, CoordinatewiseLSTM):
+            param_labels([task.sample(0, "test")], network)  # every parameter has its class's network
+            if args.update_card:
+                raise WeightsError("--update-card needs one --weights folder, not one per class")
     except (TaskError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     start = time.time()
     result = evaluate(task, network, args.steps, args.runs, args.tune_runs)
-    result.update(weights=str(args.weights or "default"), task_options=options, wall_seconds=time.time() - start,
+    result.update(weights=" ".join(args.weights) or "default", task_options=options, wall_seconds=time.time() - start,
                   machine=machine_description(), command="python -m torch_lstm_optim.evaluate " + shlex.join(argv))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,6 +279,18 @@ def main(argv: list[str] | None = None) -> None:
     print(table(result))
     print(f"ratio to best tuned baseline ({result['best_baseline']}): {result['ratio_to_best']:.3f}; "
           f"wall time {result['wall_seconds']:.0f} s")
+
+
+def load_weights_arg(values: list[str]) -> Networks:
+    """``--weights``: nothing (the default), one name/folder/hub id, or ``CLASS=WEIGHTS`` per parameter class."""
+    if len(values) <= 1 and not any("=" in v for v in values):
+        return load_network(values[0] if values else None)
+    pairs = [v.partition("=") for v in values]
+    if any(not sep or not label or not weights for label, sep, weights in pairs) or \
+            len({label for label, _, _ in pairs}) != len(pairs):
+        raise WeightsError(f"--weights: give one name/folder/hub id, or CLASS=WEIGHTS once per class; found "
+                           f"{values}")
+    return {label: load_network(weights) for label, _, weights in pairs}
 
 
 def machine_description() -> str:
