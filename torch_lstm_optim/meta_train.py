@@ -3,16 +3,16 @@
 ``python -m torch_lstm_optim.meta_train --task quadratic --out runs/quadratic``
 
 Each meta-iteration samples ``meta_batch`` problems, optimises them for ``horizon`` steps with the network, and
-after every ``truncation`` steps back-propagates the meta-objective of those steps into the network (Adam,
-meta-gradient clipping), then detaches parameters and state (truncated BPTT, Andrychowicz et al. 2016). Every
+after every ``truncation`` steps back-propagates the meta-objective of those steps into the network (Adam, meta-
+gradient clipping), then detaches parameters and state (truncated BPTT, Andrychowicz et al. 2016). Every
 ``eval_every`` iterations the network runs on fixed validation problems for ``horizon`` steps and the best weights
 are kept (early stopping). With a ``curriculum`` of shorter horizons, episodes start at the first and move to the
-next each time validation has not improved for ``patience`` validations (Chen et al. 2020), up to ``horizon``. A checkpoint is written atomically after every meta-iteration; ``--resume`` continues from it and gives
-the same result as an uninterrupted run (problems are drawn from (seed, iteration), so no RNG state is needed).
-Under ``torchrun --nproc-per-node N`` each process unrolls an equal share of the meta-batch and the meta-gradients
-are averaged (:mod:`torch_lstm_optim.distributed`): the same result as one process, within float rounding; rank 0
-writes the files.
-The output folder holds ``config.json`` + ``model.safetensors`` (the best weights), a model card ``README.md``,
+next each time validation has not improved for ``patience`` validations (Chen et al. 2020), up to ``horizon``. A
+checkpoint is written atomically after every meta-iteration; ``--resume`` continues from it and gives the same
+result as an uninterrupted run (problems are drawn from (seed, iteration), so no RNG state is needed). Under
+``torchrun --nproc-per-node N`` each process unrolls an equal share of the meta-batch and the meta-gradients are
+averaged (:mod:`torch_lstm_optim.distributed`): the same result as one process, within float rounding; rank 0 writes
+the files. The output folder holds ``config.json`` + ``model.safetensors`` (the best weights), a model card ``README.md``,
 ``log.jsonl`` and ``checkpoint.pt``.
 """
 
@@ -45,8 +45,8 @@ from .weights import WEIGHTS_FILE, WeightsError, load_network
 
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
-RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_rule", "init_lr", "horizon", "truncation", "meta_batch",
-                "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems", "val_metric",
+RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_rule", "init_lr", "horizon", "truncation",
+                "meta_batch", "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems", "val_metric",
                 "curriculum", "patience")
 
 
@@ -489,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
             summary = train(config, network_config, command)
             if distributed.rank() != 0:
                 return
-        print(f"best validation {config.val_metric} {summary['best_val']:.4f} at iteration {summary['best_iteration']}; "
+        print(f"best validation {config.val_metric} {summary['best_val']:.4f} at iteration "
+              f"{summary['best_iteration']}; "
               f"weights in {config.out}")
         if config.push_to_hub:
             from .hub import push_to_hub

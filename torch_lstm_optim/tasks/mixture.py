@@ -1,11 +1,12 @@
 """The generalist's training mixture: every problem is drawn from a random family with random settings.
 
 Families (``families``): MLPs on MNIST (1-3 hidden layers of 8-128 units; sigmoid, tanh, ReLU, GELU; batches of
-32-256; the digits at 28x28 or average-pooled to 14x14 or 7x7), small conv nets on MNIST (1-2 conv layers of 4-16 channels,
-kernel 3 or 5, stride 1 or 2, with or without max pooling, an optional hidden linear layer), quadratics of dimension
-2-100 and condition number 1-1e4, and student MLPs on data from random teacher MLPs (regression or 2-10 classes,
-4-64 inputs, noise 0-0.5). Sizes are drawn log-uniformly; a draw with more than ``max_params`` parameters (or a conv
-net that pools its images away) is drawn again (the meta-trainer's cost grows with the coordinates, and 2 CPU cores train this).
+32-256; the digits at 28x28 or average-pooled to 14x14 or 7x7), small conv nets on MNIST (1-2 conv layers of 4-16
+channels, kernel 3 or 5, stride 1 or 2, with or without max pooling, an optional hidden linear layer), quadratics of
+dimension 2-100 and condition number 1-1e4, and student MLPs on data from random teacher MLPs (regression or 2-10
+classes, 4-64 inputs, noise 0-0.5). Sizes are drawn log-uniformly; a draw with more than ``max_params`` parameters
+(or a conv net that pools its images away) is drawn again (the meta-trainer's cost grows with the coordinates, and 2
+CPU cores train this).
 
 The loss is multiplied by ``exp(U(-loss_scale, loss_scale))``, so that the rule cannot rely on the gradient's
 absolute size. Only MNIST (training digits; ``val`` uses the held-out ones) and generated data are used: every other
@@ -72,7 +73,8 @@ class Mixture:
                            noise=draw.uniform(0, 0.5), activation=draw.choice(act),
                            hidden=tuple(draw.log_int(8, 64) for _ in range(draw.log_int(1, 2))),
                            batch_size=draw.log_int(32, 128))
-        mnist = dict(data_dir=self.data_dir, download=self.download, val_size=self.val_size, pixels=draw.choice((7, 14, 28)),
+        mnist = dict(data_dir=self.data_dir, download=self.download, val_size=self.val_size,
+                     pixels=draw.choice((7, 14, 28)),
                      activation=draw.choice(act), batch_size=draw.log_int(32, 256))
         if family == "mnist-mlp":
             return MnistMLP(hidden=tuple(draw.log_int(8, 128) for _ in range(draw.log_int(1, 3))), **mnist)
