@@ -49,6 +49,21 @@ def test_quick_suite_end_to_end(tmp_path, capsys):
     assert "resuming: 6 pairs" in capsys.readouterr().err
     assert json.loads((tmp_path / "results.json").read_text())["pairs"] == result["pairs"]
 
+    # Other weights on the same pairs: the baselines are taken from the first run, only the learned optimizer runs.
+    other = tmp_path / "other"
+    evaluate_main([*argv[:3], "--weights", "mnist-mlp", "--baselines-from", str(tmp_path / "results.json"),
+                   "--out", str(other)])
+    reused = json.loads((other / "results.json").read_text())
+    for old, new in zip(result["pairs"], reused["pairs"]):
+        assert {k: v for k, v in new["optimizers"].items() if k != "learned"} == \
+            {k: v for k, v in old["optimizers"].items() if k != "learned"}
+        assert new["optimizers"]["learned"]["finals"] != old["optimizers"]["learned"]["finals"]
+        assert len(new["optimizers"]["learned"]["curve_mean"]) == len(old["optimizers"]["learned"]["curve_mean"])
+    with pytest.raises(SystemExit):
+        evaluate_main([*argv[:3], "--seeds", "3", "--baselines-from", str(tmp_path / "results.json"),
+                       "--out", str(tmp_path / "bad")])
+    assert "made with other settings (seeds)" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("args, message", [
     (["--suite", "nope"], "error: unknown suite 'nope': use one of ['generalization']"),

@@ -41,7 +41,8 @@ from typing import Any
 
 import torch
 
-from .evaluate import BASELINES, LR_GRID, OptimizerFactory, evaluate, machine_description, tune_lr
+from .evaluate import (BASELINES, LR_GRID, OptimizerFactory, evaluate, learned_optimizer, machine_description,
+                       run_optimizer, summarise, tune_lr)
 from .network import CoordinatewiseLSTM
 from .tasks import TaskError
 from .tasks.base import _check_problem
@@ -79,6 +80,10 @@ class SuiteConfig:
         "help": "at each horizon after a problem's first, tune over the grid points within this many of the "
                 "previous horizon's best learning rate, widened while the best is at an edge (0: the whole grid)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (timings are per core at 1)"})
+    baselines_from: str | None = field(default=None, metadata={
+        "help": "a results.json of this suite run with other weights: take the baselines' results of its pairs with "
+                "the same settings from it and run only the learned optimizer (the baselines do not depend on the "
+                "weights: this compares several weights at the cost of the learned runs)"})
 
 
 def untuned_baselines() -> tuple[dict[str, OptimizerFactory], dict[str, float], dict[str, str]]:
@@ -141,24 +146,33 @@ def tune(task: Any, factory: OptimizerFactory, steps: int, seeds: int, grid: tup
 
 
 def run_pair(name: str, steps: int, network: CoordinatewiseLSTM, config: SuiteConfig, tune_seeds: int,
-             centres: dict[str, float] | None = None) -> dict:
+             centres: dict[str, float] | None = None, baselines: dict | None = None) -> dict:
     """One (problem, horizon) pair: every optimizer on the same test problems, and the learned one's ratios.
 
     ``centres``: the tuned baselines' learning rates at the problem's previous horizon (see :func:`tune`).
+    ``baselines``: the same pair of another run (``--baselines-from``), whose baselines' results are taken as they
+    are, so that only the learned optimizer runs.
     """
     task = SUITES[config.suite][name]()
     untuned, untuned_lrs, _ = untuned_baselines()
-    tuned = {k: tune(task, BASELINES[k], steps, tune_seeds, config.grid, (centres or {}).get(k), config.window)
-             for k in TUNED}
-    result = evaluate(task, network, steps, config.seeds, tune_seeds,
-                      baselines={**{k: BASELINES[k] for k in TUNED}, **untuned}, grid=config.grid,
-                      lrs={**untuned_lrs, **{k: lr for k, (lr, _) in tuned.items()}})
-    optimizers = result["optimizers"]
-    for k, (_, scores) in tuned.items():
-        optimizers[k]["tuning_scores"] = {str(lr): score for lr, score in sorted(scores.items())}
     every = max(1, steps // 100)
+    if baselines is None:
+        tuned = {k: tune(task, BASELINES[k], steps, tune_seeds, config.grid, (centres or {}).get(k), config.window)
+                 for k in TUNED}
+        result = evaluate(task, network, steps, config.seeds, tune_seeds,
+                          baselines={**{k: BASELINES[k] for k in TUNED}, **untuned}, grid=config.grid,
+                          lrs={**untuned_lrs, **{k: lr for k, (lr, _) in tuned.items()}})
+        optimizers = result["optimizers"]
+        for k, (_, scores) in tuned.items():
+            optimizers[k]["tuning_scores"] = {str(lr): score for lr, score in sorted(scores.items())}
+    else:
+        problems = [task.sample(seed, "test") for seed in range(config.seeds)]
+        learned_runs = summarise([run_optimizer(pb, learned_optimizer(network, pb), steps) for pb in problems])
+        optimizers = {"learned": {"lr": 1.0, **learned_runs},
+                      **{k: v for k, v in baselines["optimizers"].items() if k != "learned"}}
     for r in optimizers.values():  # curves at about 100 points keep results.json small
-        r["curve_mean"], r["curve_se"] = r["curve_mean"][::every], r["curve_se"][::every]
+        if len(r["curve_mean"]) == steps + 1:  # not yet thinned (those taken from another run are)
+            r["curve_mean"], r["curve_se"] = r["curve_mean"][::every], r["curve_se"][::every]
     learned = optimizers["learned"]["final_mean"]
     best_tuned = min(TUNED, key=lambda k: optimizers[k]["final_mean"])
     best_untuned = min(untuned, key=lambda k: optimizers[k]["final_mean"])
@@ -258,13 +272,36 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)  # a killed run never leaves a half-written file
 
 
+def suite_settings(config: SuiteConfig) -> dict[str, Any]:
+    """What makes two runs' pairs comparable: the config without where it writes, its threads and its reuse."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "threads", "baselines_from")}
+    return json.loads(json.dumps(settings))  # tuples as lists, as they come back from results.json
+
+
+def reusable_pairs(config: SuiteConfig, settings: dict, skipped: dict) -> dict[tuple[str, int], dict]:
+    """The pairs of ``--baselines-from`` whose baselines can stand for this run's: the same settings but the weights,
+    the same untuned baselines skipped. Raises ``ValueError`` naming what differs."""
+    if not config.baselines_from:
+        return {}
+    try:
+        other = json.loads(Path(config.baselines_from).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--baselines-from {config.baselines_from}: cannot be read ({error})") from None
+    theirs = {k: v for k, v in other.get("settings", {}).items() if k not in ("weights", "problems")}
+    ours = {k: v for k, v in settings.items() if k not in ("weights", "problems")}
+    if theirs != ours or other.get("skipped") != skipped:
+        different = sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k)) or ["skipped baselines"]
+        raise ValueError(f"--baselines-from {config.baselines_from}: made with other settings ({', '.join(different)})"
+                         "; its baselines cannot stand for this run's")
+    return {(p["problem"], p["steps"]): p for p in other.get("pairs", [])}
+
+
 def run_suite(config: SuiteConfig, network: CoordinatewiseLSTM, command: str = "") -> dict[str, Any]:
     """Run (or resume) every pair, writing ``results.json`` after each; return the result with its summary."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _, _, skipped = untuned_baselines()
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "threads")}
-    settings = json.loads(json.dumps(settings))  # tuples as lists, as they come back from results.json
+    settings = suite_settings(config)
     done: dict[tuple[str, int], dict] = {}
     path = out / "results.json"
     if path.exists():
@@ -281,6 +318,7 @@ def run_suite(config: SuiteConfig, network: CoordinatewiseLSTM, command: str = "
               "machine": machine_description(), "command": command, "pairs": []}
     for name, reason in skipped.items():
         print(f"skipping untuned baseline {name}: {reason}", file=sys.stderr)
+    reusable = reusable_pairs(config, settings, skipped)
     todo = [(name, steps, tune) for name in config.problems for steps, tune in zip(config.horizons, config.tune_seeds)]
     for i, (name, steps, tune) in enumerate(todo, 1):
         pair = done.get((name, steps))
@@ -288,7 +326,7 @@ def run_suite(config: SuiteConfig, network: CoordinatewiseLSTM, command: str = "
             start = time.time()
             previous = [p for p in result["pairs"] if p["problem"] == name]
             centres = {k: previous[-1]["optimizers"][k]["lr"] for k in TUNED} if previous else None
-            pair = run_pair(name, steps, network, config, tune, centres)
+            pair = run_pair(name, steps, network, config, tune, centres, reusable.get((name, steps)))
             pair["pair_seconds"] = time.time() - start
         result["pairs"].append(pair)
         result["wall_seconds"] = sum(p["pair_seconds"] for p in result["pairs"])
@@ -355,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config = config_from_args(args)
         torch.set_num_threads(config.threads)
         network = load_network(config.weights)
+        reusable_pairs(config, suite_settings(config), untuned_baselines()[2])  # a bad --baselines-from: now
         for name in config.problems:  # every problem builds before hours of work: e.g. scikit-learn missing
             for split in ("val", "test"):
                 _check_problem(SUITES[config.suite][name](), split, f"suite problem {name!r} ({split})")
