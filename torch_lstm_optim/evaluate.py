@@ -40,6 +40,7 @@ BASELINES: dict[str, OptimizerFactory] = {
 }
 PAPER_BASELINES = ("sgd", "nag", "rmsprop", "adam")  # what the paper compares with: evaluate()'s default
 LR_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 3))  # 1e-4 ... 10, half-decade steps
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --state-dtype: the learned optimizer's state
 
 
 @dataclass
@@ -106,31 +107,36 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
             "diverged": sum(not math.isfinite(f) for f in finals), "seconds_per_run": _mean([r.seconds for r in runs])}
 
 
-def learned_optimizer(network: Networks, problem: Problem) -> Callable[[list[Tensor]], torch.optim.Optimizer]:
+def learned_optimizer(network: Networks, problem: Problem, state_dtype: torch.dtype = torch.float32,
+                      ) -> Callable[[list[Tensor]], torch.optim.Optimizer]:
     """``LSTMOptimizer`` over ``problem``'s parameters (in their order): one network, or ``{class: network}`` with
-    one param group per class of ``problem.param_classes`` (the paper's CIFAR-10 setup)."""
+    one param group per class of ``problem.param_classes`` (the paper's CIFAR-10 setup); its per-coordinate state
+    kept in ``state_dtype``."""
     if isinstance(network, CoordinatewiseLSTM):
-        return lambda params: LSTMOptimizer(params, weights=network)
+        return lambda params: LSTMOptimizer(params, weights=network, state_dtype=state_dtype)
     labels = param_labels([problem], network)
     return lambda params: LSTMOptimizer([{"params": [p for p, c in zip(params, labels) if c == label], "weights": net}
-                                         for label, net in network.items() if label in labels])
+                                         for label, net in network.items() if label in labels],
+                                        state_dtype=state_dtype)
 
 
 def evaluate(task: Task, network: Networks, steps: int = 100, runs: int = 20, tune_runs: int = 5,
              baselines: Iterable[str] | dict[str, OptimizerFactory] = PAPER_BASELINES,
-             grid: Iterable[float] = LR_GRID, lrs: dict[str, float] | None = None) -> dict[str, Any]:
+             grid: Iterable[float] = LR_GRID, lrs: dict[str, float] | None = None,
+             state_dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Learned optimizer vs tuned baselines on ``runs`` test problems; returns a JSON-able result dict.
 
     ``network`` is one network, or ``{class: network}`` for one network per parameter class.
 
     ``baselines`` names entries of :data:`BASELINES`, or maps names to factories ``(params, lr) -> optimizer`` of
     any others (e.g. other learned weights). ``lrs`` fixes baseline learning rates instead of tuning them (e.g. to
-    reuse a tuning, or to run learned weights at their ``lr=1``).
+    reuse a tuning, or to run learned weights at their ``lr=1``). ``state_dtype`` is the learned optimizer's
+    (``LSTMOptimizer(state_dtype=...)``); it is recorded as ``"state_dtype"``.
     """
     seeds = range(runs)
     problems = [task.sample(seed, "test") for seed in seeds]
     results: dict[str, Any] = {"learned": {"lr": 1.0, **summarise(
-        [run_optimizer(pb, learned_optimizer(network, pb), steps) for pb in problems])}}
+        [run_optimizer(pb, learned_optimizer(network, pb, state_dtype), steps) for pb in problems])}}
     factories = baselines if isinstance(baselines, dict) else {name: BASELINES[name] for name in baselines}
     for name, factory in factories.items():
         if lrs and name in lrs:
@@ -144,7 +150,7 @@ def evaluate(task: Task, network: Networks, steps: int = 100, runs: int = 20, tu
     diff = torch.tensor(learned["finals"], dtype=torch.float64) - torch.tensor(results[best]["finals"],
                                                                                dtype=torch.float64)
     return {"task": task.name, "steps": steps, "runs": runs, "tune_runs": tune_runs, "lr_grid": list(grid),
-            "optimizers": results, "best_baseline": best,
+            "state_dtype": str(state_dtype).removeprefix("torch."), "optimizers": results, "best_baseline": best,
             "ratio_to_best": learned["final_mean"] / results[best]["final_mean"],
             "paired_diff_mean": float(diff.mean()), "paired_diff_se": float(diff.std() / math.sqrt(runs)),
             "beats_best_by_se": learned["final_mean"] + learned["final_se"]
@@ -247,6 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tune-runs", type=int, default=5, help="val problems per learning rate when tuning")
     parser.add_argument("--out", required=True, help="output folder for results.json and the plot")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--state-dtype", choices=list(STATE_DTYPES), default="float32",
+                        help="dtype of the learned optimizer's per-coordinate state (bfloat16 halves its memory)")
+    parser.add_argument("--baseline-lrs", action="append", default=[], metavar="NAME=LR", help=(
+        "fix a baseline's learning rate instead of tuning it, e.g. to reuse an earlier run's tuning: "
+        f"NAME one of {', '.join(PAPER_BASELINES)} (repeatable)"))
     parser.add_argument("--suite", help="run a suite of held-out problems instead of one --task: 'generalization' "
                         "(its flags: python -m torch_lstm_optim.evaluate --suite generalization --help)")
     parser.add_argument("--update-card", action="store_true",
@@ -254,6 +265,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     options = parse_task_args(args.task_arg)
+    try:
+        lrs = parse_baseline_lrs(args.baseline_lrs)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         task = make_task(args.task, data_dir=args.data_dir, **options)
         network = load_weights_arg(args.weights)
@@ -265,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     start = time.time()
-    result = evaluate(task, network, args.steps, args.runs, args.tune_runs)
+    result = evaluate(task, network, args.steps, args.runs, args.tune_runs, lrs=lrs,
+                      state_dtype=STATE_DTYPES[args.state_dtype])
     result.update(weights=" ".join(args.weights) or "default", task_options=options, wall_seconds=time.time() - start,
                   machine=machine_description(), command="python -m torch_lstm_optim.evaluate " + shlex.join(argv))
     out = Path(args.out)
@@ -279,6 +296,26 @@ def main(argv: list[str] | None = None) -> None:
     print(table(result))
     print(f"ratio to best tuned baseline ({result['best_baseline']}): {result['ratio_to_best']:.3f}; "
           f"wall time {result['wall_seconds']:.0f} s")
+
+
+def parse_baseline_lrs(items: list[str]) -> dict[str, float]:
+    """``--baseline-lrs``: ``["adam=0.001", ...]`` -> ``{"adam": 0.001}``; ValueError names what is wrong."""
+    lrs: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in PAPER_BASELINES:
+            raise ValueError(f"--baseline-lrs expects NAME=LR with NAME one of {', '.join(PAPER_BASELINES)}; "
+                             f"found {item!r}")
+        if name in lrs:
+            raise ValueError(f"--baseline-lrs names {name!r} twice")
+        try:
+            lr = float(value)
+        except ValueError:
+            lr = math.nan
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"--baseline-lrs {item!r}: the learning rate must be a finite number > 0")
+        lrs[name] = lr
+    return lrs
 
 
 def load_weights_arg(values: list[str]) -> Networks:
