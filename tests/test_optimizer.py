@@ -366,3 +366,18 @@ def test_bfloat16_state_keeps_an_exact_step_count() -> None:
     restored = LSTMOptimizer([param], weights=optimizer.network, state_dtype=torch.bfloat16)
     restored.load_state_dict(optimizer.state_dict())
     assert restored.state[param]["t"].dtype == torch.float32
+
+
+def test_bfloat16_state_follows_a_shrinking_gradient() -> None:
+    """The EMA of g^2 (decay 0.999) is kept in float32: in bfloat16 it could only grow, and after the gradients
+    shrink tenfold the rule would keep stepping as if they had not."""
+    states = []
+    for dtype in (torch.float32, torch.bfloat16):
+        param = torch.zeros(4, requires_grad=True)
+        optimizer = LSTMOptimizer([param], weights=make_network(preprocessing="scale_free"), state_dtype=dtype)
+        for t in range(3000):
+            param.grad = torch.full((4,), 1.0 if t < 1000 else 0.1)
+            optimizer.step()
+        states.append(optimizer.state[param])
+    assert states[1]["v"].dtype == torch.float32 and states[1]["h0"].dtype == torch.bfloat16
+    torch.testing.assert_close(states[1]["v"], states[0]["v"], rtol=1e-3, atol=0)

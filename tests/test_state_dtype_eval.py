@@ -47,6 +47,7 @@ def test_state_dtype_reaches_the_optimizer(flag: list[str], dtype: torch.dtype, 
             tensors = {k: v.dtype for k, v in state.items() if k != "step"}
             if preprocessing == "scale_free":
                 assert tensors.pop("t") == torch.float32  # the step count stays float32 (bfloat16 counts to 256)
+                assert tensors.pop("v") == (torch.float32 if dtype == torch.bfloat16 else dtype)  # EMA of g^2
             assert "h0" in tensors and set(tensors.values()) == {dtype}
     result = json.loads((out / "results.json").read_text())
     assert result["state_dtype"] == str(dtype).removeprefix("torch.")

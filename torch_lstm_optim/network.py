@@ -125,9 +125,14 @@ def state_names(config: NetworkConfig) -> tuple[str, ...]:
 def state_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype state tensor ``name`` is kept in when the state is asked for in ``dtype``.
 
-    The step count ``t`` stays float32 whatever ``dtype``: bfloat16 counts only to 256.
+    The step count ``t`` stays float32 whatever ``dtype``: bfloat16 counts only to 256. The EMA of ``g^2`` (``v``)
+    is kept in at least float32: with its decay 0.999 one step moves it by 0.1% of ``g^2 - v``, less than half of
+    bfloat16's resolution, so in bfloat16 it could only grow (measured: 30% too high after 3000 steady steps, and
+    5.6x too high after the gradients shrank tenfold).
     """
-    return torch.float32 if name == "t" else dtype
+    if name == "t" or (name == "v" and dtype.itemsize < 4):
+        return torch.float32
+    return dtype
 
 
 class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_lstm_optim",
