@@ -201,3 +201,13 @@ def test_evaluate_runs_one_network_per_class(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert "give one name/folder/hub id, or CLASS=WEIGHTS once per class" in err
     assert "without a network of their class ['w']" in err
+
+
+def test_card_sections_are_replaced_in_place(tmp_path: Path) -> None:
+    from torch_lstm_optim.evaluate import write_card_section
+
+    (tmp_path / "README.md").write_text("---\nx: 1\n---\n# title\n\n## Evaluation\n\nold\n\n## Flags\n\nkept\n")
+    write_card_section(tmp_path, "## Evaluation", "new")
+    write_card_section(tmp_path, "## Suite", "added")
+    assert (tmp_path / "README.md").read_text() == ("---\nx: 1\n---\n# title\n\n## Evaluation\n\nnew\n\n## Flags\n\n"
+                                                    "kept\n\n## Suite\n\nadded\n")

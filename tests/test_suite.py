@@ -4,6 +4,7 @@ problems, its untuned peers when their packages are missing, and its errors."""
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import sys
 
@@ -14,6 +15,7 @@ from torch_lstm_optim.evaluate import Run, main as evaluate_main, run_optimizer
 from torch_lstm_optim.suite import QUICK, TUNED, untuned_baselines
 from torch_lstm_optim.tasks import Problem, TaskError
 from torch_lstm_optim.tasks.base import _check_problem
+from torch_lstm_optim.weights import resolve
 
 
 def test_quick_suite_end_to_end(tmp_path, capsys):
@@ -50,9 +52,12 @@ def test_quick_suite_end_to_end(tmp_path, capsys):
     assert json.loads((tmp_path / "results.json").read_text())["pairs"] == result["pairs"]
 
     # Other weights on the same pairs: the baselines are taken from the first run, only the learned optimizer runs.
-    other = tmp_path / "other"
-    evaluate_main([*argv[:3], "--weights", "mnist-mlp", "--baselines-from", str(tmp_path / "results.json"),
-                   "--out", str(other)])
+    other, weights = tmp_path / "other", tmp_path / "weights"
+    shutil.copytree(resolve("mnist-mlp")[0], weights)
+    evaluate_main([*argv[:3], "--weights", str(weights), "--baselines-from", str(tmp_path / "results.json"),
+                   "--update-card", "--out", str(other)])
+    card = (weights / "README.md").read_text()
+    assert "## Generalization suite" in card and "| beale-2d | 20 |" in card and "## Evaluation" in card
     reused = json.loads((other / "results.json").read_text())
     for old, new in zip(result["pairs"], reused["pairs"]):
         assert {k: v for k, v in new["optimizers"].items() if k != "learned"} == \

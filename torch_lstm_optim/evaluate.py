@@ -170,19 +170,24 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_card(folder: Path, result: dict[str, Any]) -> None:
-    """Write the evaluation (command, machine, table) into the weights folder's model card, replacing an older one."""
+def write_card_section(folder: Path, heading: str, body: str) -> None:
+    """Put ``body`` under ``heading`` (e.g. ``"## Evaluation"``) in the weights folder's model card ``README.md``,
+    replacing that section if the card has it and keeping every other section."""
     card = folder / "README.md"
     text = card.read_text(encoding="utf-8") if card.exists() else ""
-    text = text.split(EVAL_HEADING)[0].rstrip() + "\n\n" + EVAL_HEADING + f"""
+    before, found, after = text.partition(f"\n{heading}\n")
+    _, next_heading, rest = after.partition("\n## ") if found else ("", "", "")
+    text = f"{before.rstrip()}\n\n{heading}\n\n{body.strip()}\n" + (f"\n## {rest}" if next_heading else "")
+    card.write_text(text, encoding="utf-8")
 
-Held-out problems (`test` split) of `{result['task']}` {result['task_options'] or ''}, {result['steps']} steps; baselines' learning
+
+def update_card(folder: Path, result: dict[str, Any]) -> None:
+    """Write the evaluation (command, machine, table) into the weights folder's model card, replacing an older one."""
+    write_card_section(folder, EVAL_HEADING, f"""Held-out problems (`test` split) of `{result['task']}` {result['task_options'] or ''}, {result['steps']} steps; baselines' learning
 rates tuned on {result['tune_runs']} `val` problems over {len(result['lr_grid'])} log-spaced values from 1e-4 to 10.
 Measured with `{result['command']}` on {result['machine']} in {result['wall_seconds']:.0f} s.
 
-{table(result)}
-"""
-    card.write_text(text, encoding="utf-8")
+{table(result)}""")
 
 
 EVAL_HEADING = "## Evaluation"

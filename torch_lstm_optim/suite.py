@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from .evaluate import (BASELINES, LR_GRID, OptimizerFactory, evaluate, learned_optimizer, machine_description,
-                       run_optimizer, summarise, tune_lr)
+                       run_optimizer, summarise, tune_lr, write_card_section)
 from .network import CoordinatewiseLSTM
 from .tasks import TaskError
 from .tasks.base import _check_problem
@@ -80,6 +80,9 @@ class SuiteConfig:
         "help": "at each horizon after a problem's first, tune over the grid points within this many of the "
                 "previous horizon's best learning rate, widened while the best is at an edge (0: the whole grid)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (timings are per core at 1)"})
+    update_card: bool = field(default=False, metadata={
+        "help": "write the table into the model card (README.md) of the --weights folder, under '## Generalization "
+                "suite'"})
     baselines_from: str | None = field(default=None, metadata={
         "help": "a results.json of this suite run with other weights: take the baselines' results of its pairs with "
                 "the same settings from it and run only the learned optimizer (the baselines do not depend on the "
@@ -274,7 +277,8 @@ def write_json(path: Path, data: dict) -> None:
 
 def suite_settings(config: SuiteConfig) -> dict[str, Any]:
     """What makes two runs' pairs comparable: the config without where it writes, its threads and its reuse."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "threads", "baselines_from")}
+    settings = {k: v for k, v in asdict(config).items()
+                if k not in ("out", "threads", "baselines_from", "update_card")}
     return json.loads(json.dumps(settings))  # tuples as lists, as they come back from results.json
 
 
@@ -349,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
              "threads": dict(type=int), "window": dict(type=int)}
     for f in SuiteConfig.__dataclass_fields__.values():
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "quick":
+        if f.name in ("quick", "update_card"):
             p.add_argument(flag, action="store_true", help=f.metadata["help"])
         elif f.name == "out":
             p.add_argument(flag, required=True, help=f.metadata["help"])
@@ -364,9 +368,9 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     """Flags -> config: unset flags take ``--quick``'s values, then the defaults; bad values raise ``ValueError``."""
     if args.suite is not None and args.suite not in SUITES:
         raise ValueError(f"unknown suite {args.suite!r}: use one of {sorted(SUITES)}")
-    given = {k: v for k, v in vars(args).items() if v is not None and k != "quick"}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "update_card")}
     preset = {k: v for k, v in QUICK.items() if k not in given} if args.quick else {}
-    config = SuiteConfig(**{**preset, **given}, quick=args.quick)
+    config = SuiteConfig(**{**preset, **given}, quick=args.quick, update_card=args.update_card)
     config.problems = tuple(config.problems or SUITES[config.suite])
     unknown = [p for p in config.problems if p not in SUITES[config.suite]]
     if unknown:
@@ -401,6 +405,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     result = run_suite(config, network, "python -m torch_lstm_optim.evaluate " + shlex.join(argv))
+    if config.update_card:
+        write_card_section(Path(network.source.folder), "## Generalization suite",
+                           f"Measured with `{result['command']}` on {result['machine']} in "
+                           f"{result['wall_seconds'] / 60:.0f} min.\n\n{table(result)}")
     print(table(result))
     print(f"\nwall time {result['wall_seconds']:.0f} s; results in {Path(config.out) / 'results.json'}")
     return result
