@@ -2,9 +2,10 @@
 
     python benchmarks/meta_train_speed.py --task quadratic --iterations 200
     python benchmarks/meta_train_speed.py --task mnist-mlp --data-dir ../shared/data --log pretrained/mnist-mlp
+    python benchmarks/meta_train_speed.py --data-dir ../shared/data --log pretrained/generalist
 
-Tuned Adam is scored on exactly the validation problems the meta-trainer validates on (same seeds, same steps,
-learning rate the best of the evaluation's grid). With ``--log FOLDER`` no training runs: the ``log.jsonl`` of an
+Tuned Adam is scored on exactly the validation problems the meta-trainer validates on (same seeds, same steps, same
+score: mean final loss or mean log of final over initial loss; learning rate the best of the evaluation's grid). With ``--log FOLDER`` no training runs: the ``log.jsonl`` of an
 earlier run (e.g. the one that produced shipped weights) is read instead, so its own wall times are reported.
 Any meta-trainer flag after ``--`` is passed through (e.g. ``-- --meta-batch 4 --objective log``).
 """
@@ -19,13 +20,27 @@ from pathlib import Path
 
 import torch
 
-from torch_lstm_optim.evaluate import BASELINES, machine_description, tune_lr
+from torch_lstm_optim.evaluate import BASELINES, LR_GRID, machine_description, run_optimizer
+from torch_lstm_optim.unroll import Unroll
 from torch_lstm_optim.meta_train import build_task, parse_args, train, validation_seeds
 
 
 def time_to_beat(log: list[dict], reference: float) -> dict | None:
     """The first validation record whose loss is below ``reference``, or ``None``."""
     return next((r for r in log if "val" in r and r["val"] < reference), None)
+
+
+def adam_scores(config, task) -> dict[float, float]:
+    """Adam's validation score at every learning rate of the grid, scored as ``meta_train.validate`` scores."""
+    problems = [task.sample(seed, config.val_split) for seed in validation_seeds(config)]
+    initial = Unroll.start(problems).final_losses()
+    scores = {}
+    for lr in LR_GRID:
+        finals = torch.tensor([run_optimizer(pb, lambda p: BASELINES["adam"](p, lr), config.horizon).final
+                               for pb in problems])
+        value = finals.mean() if config.val_metric == "loss" else (finals / initial).log().mean()
+        scores[lr] = float(value) if torch.isfinite(finals).all() else float("inf")
+    return scores
 
 
 def main() -> None:
@@ -44,7 +59,8 @@ def main() -> None:
         card_config = torch.load(folder / "checkpoint.pt", weights_only=True)["config"]
         flags = ["--task", card_config["task"], "--data-dir", args.data_dir, "--horizon", str(card_config["horizon"]),
                  "--val-problems", str(card_config["val_problems"]),
-                 "--val-split", card_config.get("val_split", "val")]
+                 "--val-split", card_config.get("val_split", "val"),
+                 "--val-metric", card_config.get("val_metric", "loss"), "--truncation", str(card_config["truncation"])]
         config, _ = parse_args(flags + sum((["--task-arg", a] for a in card_config["task_arg"]), []))
         log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     else:
@@ -55,14 +71,16 @@ def main() -> None:
         train(config, network_config, "benchmark")
         log = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
     task = build_task(config)
-    lr, scores = tune_lr(task, BASELINES["adam"], config.horizon, validation_seeds(config), split=config.val_split)
+    scores = adam_scores(config, task)
+    lr = min(scores, key=scores.get)
     reference = scores[lr]
     last = log[-1]
     beat = time_to_beat(log, reference)
     print(f"machine: {machine_description()}")
     print(f"task {config.task}: {last['iteration']} meta-iterations in {last['elapsed']:.0f} s = "
           f"{last['elapsed'] / last['iteration']:.2f} s per meta-iteration (validation included)")
-    print(f"tuned Adam (lr {lr:.3g}) on the {config.val_problems} validation problems: {reference:.4f}; "
+    print(f"tuned Adam (lr {lr:.3g}) on the {config.val_problems} validation problems ({config.val_metric}): "
+          f"{reference:.4f}; "
           f"best learned: {min(r['val'] for r in log if 'val' in r):.4f}")
     if beat:
         print(f"learned first beats tuned Adam at iteration {beat['iteration']}, after {beat['elapsed']:.0f} s "

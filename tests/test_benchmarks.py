@@ -54,3 +54,22 @@ def test_benchmark_runs_and_writes_json(step_cost: ModuleType, tmp_path: Path,
     assert rows["paper"]["state_bytes_per_param"] >= 2 * 2 * 20 * 4  # h and c of 2 layers of 20, float32
     assert rows["paper"]["peak_extra_mb"] is not None and rows["paper"]["step_ms"] > 0
     assert "| paper |" in capsys.readouterr().out
+
+
+def test_meta_train_speed_scores_adam_like_the_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """Reading a run's log: tuned Adam is scored with the run's validation metric (here log_ratio, negative)."""
+    from torch_lstm_optim.meta_train import main as meta_train_main
+
+    run = tmp_path / "run"
+    meta_train_main(["--task", "quadratic", "--iterations", "2", "--meta-batch", "2", "--eval-every", "1",
+                     "--horizon", "4", "--truncation", "2", "--val-problems", "3", "--val-metric", "log_ratio",
+                     "--threads", "1", "--no-compile", "--hidden-size", "4", "--out", str(run)])
+    spec = importlib.util.spec_from_file_location("meta_train_speed", BENCHMARKS / "meta_train_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["meta_train_speed.py", "--log", str(run), "--threads", "1"])
+    module.main()
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("tuned Adam"))
+    assert "validation problems (log_ratio): -" in line and "task quadratic: 2 meta-iterations" in out
