@@ -5,10 +5,9 @@
 
 ``LSTMOptimizer`` is used like any ``torch.optim`` optimizer: ``zero_grad()``, ``backward()``, ``step()``.
 
-The default weights (``mnist-mlp``) were meta-trained on the paper's MNIST MLP, starting from SGD with Nesterov
-momentum at lr 1, and their steps scale with the gradient like NAG's. On another model they need what NAG needs: a
-learning rate that suits it. ``lr`` multiplies the network's update; 0.1 suits this regression (at ``lr=1`` it
-diverges here, as NAG at lr 1 does). A default that needs no such choice is the open "generalist" work.
+The default weights (``generalist``) were meta-trained on a mixture of small problems (MLPs and conv nets on MNIST,
+quadratics, teacher-student regression and classification) and run untuned at ``lr=1``: ``lr`` multiplies the
+network's update, as a learning rate would.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     parser.add_argument("--weights", default=None,
                         help="bundled name, weights folder or hub repo id (default: the bundled default weights)")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps to take")
-    parser.add_argument("--lr", type=float, default=0.1, help="multiplies the learned update (see above)")
+    parser.add_argument("--lr", type=float, default=1.0, help="multiplies the learned update (see above)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the model's initialisation")
     args = parser.parse_args(argv)
 

@@ -19,7 +19,7 @@ from .network import CoordinatewiseLSTM, NetworkConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-DEFAULT_WEIGHTS = "mnist-mlp"
+DEFAULT_WEIGHTS = "generalist"  # meta-trained on a mixture of problems; the paper's weights stay by name
 
 
 class WeightsError(ValueError):
@@ -48,7 +48,7 @@ def bundled_root() -> Path:
 
 
 def bundled_names() -> list[str]:
-    """Names of the bundled weights, e.g. ``["mnist-mlp", "quadratic"]``."""
+    """Names of the bundled weights, e.g. ``["generalist", "mnist-mlp", "quadratic"]``."""
     root = bundled_root()
     return sorted(p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file()) if root.is_dir() else []
 
