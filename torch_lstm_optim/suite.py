@@ -257,6 +257,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     handles.append(ax.plot([], [], "kx", label="vs best untuned")[0])
     ax.axhline(1.0, color="black", linewidth=1)
     ax.set_yscale("log")
+    ax.set_ylim(min(*finite, 1.0) / 2, cap * 2)  # the bars of wins go below 1: keep them in view
     ax.set_xticks(range(len(pairs)), [f"{p['problem']} {p['steps']}" for p in pairs], rotation=70, ha="right",
                   fontsize=7)
     ax.set_ylabel("learned / best baseline (mean final loss)")
