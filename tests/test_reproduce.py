@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_network
-from torch_lstm_optim import reproduce
+from torch_lstm_optim import bundled_names, reproduce
 
 pytest.importorskip("torchvision")
 pytest.importorskip("matplotlib")
@@ -39,7 +39,7 @@ def test_quick_run_writes_every_row_a_plot_per_experiment_and_a_table(tmp_path: 
     assert rows["mnist-relu"]["held"] == (not rows["mnist-relu"]["result"]["beats_best_by_se"])
     for key in ("cifar10", "cifar5", "cifar2"):
         assert rows[key]["status"] == (f"not run: no CIFAR-10 data under {data}; no weights 'cifar10-conv' "
-                                       "(bundled: mnist-mlp, quadratic)")
+                                       f"(bundled: {', '.join(bundled_names())})")
         assert rows[key]["held"] is None and not (out / f"{key}.png").exists()
     assert rows["neural-art"]["status"].startswith("not implemented: needs pretrained VGG features")
     table = capsys.readouterr().out
@@ -56,7 +56,7 @@ def test_a_cifar_row_runs_when_data_and_weights_exist(tmp_path: Path, monkeypatc
     accept_generated_files(monkeypatch)
     data = write_cifar10(tmp_path / "data")
     rows = reproduce.reproduce(tmp_path / "out", str(data), quick=True, only=["cifar2"])
-    assert rows[0]["status"] == "not run: no weights 'cifar10-conv' (bundled: mnist-mlp, quadratic)"
+    assert rows[0]["status"] == f"not run: no weights 'cifar10-conv' (bundled: {', '.join(bundled_names())})"
     assert rows[0]["settings"]["task_options"]["classes"] == (0, 1)
 
     monkeypatch.setattr(reproduce, "bundled_names", lambda: ["cifar10-conv"])
