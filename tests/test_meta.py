@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,17 @@ def test_card_sections_are_replaced_in_place(tmp_path: Path) -> None:
     write_card_section(tmp_path, "## Suite", "added")
     assert (tmp_path / "README.md").read_text() == ("---\nx: 1\n---\n# title\n\n## Evaluation\n\nnew\n\n## Flags\n\n"
                                                     "kept\n\n## Suite\n\nadded\n")
+
+
+class Solved:
+    """A problem every baseline solves exactly at step 1 (loss 0): the ratio must not divide by zero."""
+
+    name = "solved"
+
+    def sample(self, seed: int, split: str = "train") -> Problem:
+        return Problem(params={"x": torch.ones(1)}, loss=lambda p, step: (p["x"] - 1).square().sum())
+
+
+def test_a_baseline_at_exactly_zero_loss_gives_a_ratio() -> None:
+    result = evaluate(Solved(), make_network(), steps=2, runs=2, tune_runs=1, baselines=["sgd"], grid=[0.1])
+    assert result["optimizers"]["sgd"]["final_mean"] == 0 and result["ratio_to_best"] in (1.0, math.inf)

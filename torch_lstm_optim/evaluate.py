@@ -151,7 +151,7 @@ def evaluate(task: Task, network: Networks, steps: int = 100, runs: int = 20, tu
                                                                                dtype=torch.float64)
     return {"task": task.name, "steps": steps, "runs": runs, "tune_runs": tune_runs, "lr_grid": list(grid),
             "state_dtype": str(state_dtype).removeprefix("torch."), "optimizers": results, "best_baseline": best,
-            "ratio_to_best": learned["final_mean"] / results[best]["final_mean"],
+            "ratio_to_best": _ratio(learned["final_mean"], results[best]["final_mean"]),
             "paired_diff_mean": float(diff.mean()), "paired_diff_se": float(diff.std() / math.sqrt(runs)),
             "beats_best_by_se": learned["final_mean"] + learned["final_se"]
             < results[best]["final_mean"] - results[best]["final_se"]}
@@ -216,6 +216,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _ratio(loss: float, reference: float) -> float:
+    """``loss / reference``; a reference of exactly 0 (a baseline that solved every problem) gives 1 if ``loss`` is
+    0 too, else ``inf``, instead of a ZeroDivisionError after the whole evaluation."""
+    if reference == 0:
+        return 1.0 if loss == 0 else math.inf
+    return loss / reference
 
 
 def _mean(values: list[float]) -> float:
