@@ -89,6 +89,7 @@ def advance(network: Networks, run: Unroll, steps: int, lr: float = 1.0,
     rules = dict(rule) if isinstance(rule, Mapping) else {c: rule for c in networks}
     rules = {c: rules.get(c) or net.step for c, net in networks.items()}
     labels = param_labels(run.problems, networks)
+    members = {c: [j for j, label in enumerate(labels) if label == c] for c in networks}  # parameter indices
     meta = torch.is_grad_enabled()
     losses = []
     for i in range(steps + 1):
@@ -105,15 +106,14 @@ def advance(network: Networks, run: Unroll, steps: int, lr: float = 1.0,
         updates: list[Tensor | None] = [None] * len(flat)
         state = run.state or {}
         for label, net in networks.items():
-            members = [i for i, other in enumerate(labels) if other == label]
-            if not members:
+            if not members[label]:
                 continue
-            grad = torch.cat([grads[i].reshape(-1) for i in members])
+            grad = torch.cat([grads[j].reshape(-1) for j in members[label]])
             if label not in state:
                 state[label] = net.init_state(grad)
             update, state[label] = rules[label](grad, state[label])
-            for i, piece in zip(members, update.split([flat[i].numel() for i in members])):
-                updates[i] = piece.view_as(flat[i])
+            for j, piece in zip(members[label], update.split([flat[j].numel() for j in members[label]])):
+                updates[j] = piece.view_as(flat[j])
         run.state = state
         pieces = iter(updates)
         run.params = [{k: v + lr * next(pieces) for k, v in p.items()} for p in run.params]
