@@ -45,6 +45,21 @@ def downsample(images: Tensor, pixels: int) -> Tensor:
     return F.avg_pool2d(images.view(-1, 1, 28, 28), 28 // pixels).reshape(len(images), -1)
 
 
+def mlp(sizes: tuple[int, ...], activation: str) -> list[nn.Module]:
+    """Linear layers between consecutive ``sizes``, each but the output layer followed by the activation."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+    return layers[:-1]
+
+
+def check_activation(task: object) -> None:
+    """A :class:`TaskError` naming the task if its ``activation`` is not one of :data:`ACTIVATIONS`."""
+    if task.activation not in ACTIVATIONS:
+        raise TaskError(f"task {task.name!r}: activation must be one of {sorted(ACTIVATIONS)}, "
+                        f"found {task.activation!r}")
+
+
 def init_uniform(model: nn.Module, gen: torch.Generator) -> nn.Module:
     """PyTorch's default initialisation of every Linear/Conv2d (uniform in +-1/sqrt(fan_in)), drawn from ``gen``."""
     with torch.no_grad():
@@ -71,9 +86,7 @@ class MnistMLP:
 
     def __post_init__(self) -> None:
         self.hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
-        if self.activation not in ACTIVATIONS:
-            raise TaskError(f"task {self.name!r}: activation must be one of {sorted(ACTIVATIONS)}, "
-                            f"found {self.activation!r}")
+        check_activation(self)
         if self.pixels not in (7, 14, 28):
             raise TaskError(f"task {self.name!r}: pixels must be 7, 14 or 28, found {self.pixels!r}")
 
@@ -87,12 +100,7 @@ class MnistMLP:
 
     def build(self, gen: torch.Generator) -> nn.Module:
         """The MLP, initialised by PyTorch's default initialisation drawn from ``gen``."""
-        sizes = (self.pixels ** 2, *self.hidden)
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip(sizes, sizes[1:]):
-            layers += [nn.Linear(n_in, n_out), ACTIVATIONS[self.activation]()]
-        layers.append(nn.Linear(sizes[-1], 10))
-        return init_uniform(nn.Sequential(*layers), gen)
+        return init_uniform(nn.Sequential(*mlp((self.pixels ** 2, *self.hidden, 10), self.activation)), gen)
 
     def sample(self, seed: int, split: str = "train") -> Problem:
         images, labels = self.data(split)
@@ -139,7 +147,4 @@ class MnistConv(MnistMLP):
         if features == 0:
             raise TaskError(f"task {self.name!r}: {len(self.channels)} conv layers reduce {self.pixels}x"
                             f"{self.pixels} images to nothing")
-        head: list[nn.Module] = []
-        for n_in, n_out in zip((features, *self.hidden), self.hidden):
-            head += [nn.Linear(n_in, n_out), ACTIVATIONS[self.activation]()]
-        return init_uniform(nn.Sequential(body, *head, nn.Linear((features, *self.hidden)[-1], 10)), gen)
+        return init_uniform(nn.Sequential(body, *mlp((features, *self.hidden, 10), self.activation)), gen)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Problem, TaskError, module_problem, split_seed, step_generator
-from .mnist import ACTIVATIONS, init_uniform
+from .mnist import check_activation, init_uniform, mlp
 
 
 @dataclass
@@ -34,20 +34,13 @@ class Teacher:
 
     def __post_init__(self) -> None:
         self.hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
-        if self.activation not in ACTIVATIONS:
-            raise TaskError(f"task {self.name!r}: activation must be one of {sorted(ACTIVATIONS)}, "
-                            f"found {self.activation!r}")
+        check_activation(self)
         if self.classify and self.outputs < 2:
             raise TaskError(f"task {self.name!r}: classify needs outputs >= 2 classes, found {self.outputs}")
 
     def build(self, gen: torch.Generator) -> nn.Module:
         """The student MLP, initialised by PyTorch's default initialisation drawn from ``gen``."""
-        sizes = (self.inputs, *self.hidden)
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip(sizes, sizes[1:]):
-            layers += [nn.Linear(n_in, n_out), ACTIVATIONS[self.activation]()]
-        layers.append(nn.Linear(sizes[-1], self.outputs))
-        return init_uniform(nn.Sequential(*layers), gen)
+        return init_uniform(nn.Sequential(*mlp((self.inputs, *self.hidden, self.outputs), self.activation)), gen)
 
     def data(self, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Inputs ``(samples, inputs)`` and the noisy teacher's targets."""
