@@ -53,6 +53,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -216,6 +217,22 @@ def module_problem(module: nn.Module, batch_loss: Callable[[Forward, int], Tenso
     return Problem(params=params, loss=lambda p, step: batch_loss(bind(p), step),
                    eval_loss=None if eval_loss is None else (lambda p: eval_loss(bind(p))),
                    param_classes=param_classes or {})
+
+
+def torchvision_dataset(kind: str, label: str, data_dir: str, train: bool, download: bool, holding: str) -> object:
+    """``torchvision.datasets.<kind>(data_dir, train=train, download=download)``, or a :class:`TaskError` saying
+    what is missing: torchvision itself, or the files of ``label`` (``holding``: the folder expected under
+    ``data_dir``)."""
+    try:
+        from torchvision import datasets
+    except ImportError as error:
+        raise TaskError(f"the {label} tasks need torchvision: pip install 'torch_lstm_optim[train]'") from error
+    try:
+        return getattr(datasets, kind)(str(data_dir), train=train, download=download)
+    except RuntimeError as error:
+        raise TaskError(f"{label} not found under {Path(data_dir).resolve()} ({error}); pass --data-dir pointing at "
+                        f"a folder holding {holding}, or allow the download (download=True; on the command line "
+                        "--task-arg download=True)") from None
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

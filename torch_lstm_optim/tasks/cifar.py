@@ -28,13 +28,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Problem, TaskError, module_problem, step_generator
+from .base import Problem, TaskError, module_problem, step_generator, torchvision_dataset
 
 NUM_CLASSES = 10
 FOLDER = "cifar-10-batches-py"
@@ -43,16 +42,8 @@ FOLDER = "cifar-10-batches-py"
 @lru_cache(maxsize=2)
 def load_cifar10(data_dir: str, train: bool, download: bool) -> tuple[Tensor, Tensor]:
     """CIFAR-10 as ``(images (N, 3, 32, 32) uint8, labels (N,))`` through ``torchvision.datasets.CIFAR10``."""
-    try:
-        from torchvision import datasets
-    except ImportError as error:
-        raise TaskError("the CIFAR-10 tasks need torchvision: pip install 'torch_lstm_optim[train]'") from error
-    try:
-        data = datasets.CIFAR10(str(data_dir), train=train, download=download)
-    except RuntimeError as error:
-        raise TaskError(f"CIFAR-10 not found under {Path(data_dir).resolve()} ({error}); pass --data-dir pointing at "
-                        f"a folder holding {FOLDER}/ (the python version of CIFAR-10), or allow the download "
-                        "(download=True; on the command line --task-arg download=True)") from None
+    data = torchvision_dataset("CIFAR10", "CIFAR-10", data_dir, train, download,
+                               f"{FOLDER}/ (the python version of CIFAR-10)")
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(data.targets, dtype=torch.long)
 

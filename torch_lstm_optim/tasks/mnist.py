@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Problem, TaskError, module_problem, step_generator
+from .base import Problem, TaskError, module_problem, step_generator, torchvision_dataset
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -25,16 +24,7 @@ ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": 
 @lru_cache(maxsize=4)
 def load_mnist(data_dir: str, train: bool, download: bool) -> tuple[Tensor, Tensor]:
     """MNIST as ``(images (N, 784) in [0, 1], labels (N,))`` through ``torchvision.datasets.MNIST``."""
-    try:
-        from torchvision import datasets
-    except ImportError as error:
-        raise TaskError("the MNIST tasks need torchvision: pip install 'torch_lstm_optim[train]'") from error
-    try:
-        data = datasets.MNIST(str(data_dir), train=train, download=download)
-    except RuntimeError as error:
-        raise TaskError(f"MNIST not found under {Path(data_dir).resolve()} ({error}); pass --data-dir pointing at "
-                        "a folder holding MNIST/raw/, or allow the download (download=True; on the "
-                        "command line --task-arg download=True)") from None
+    data = torchvision_dataset("MNIST", "MNIST", data_dir, train, download, "MNIST/raw/")
     return data.data.reshape(len(data.data), -1).float() / 255.0, data.targets.long()
 
 
