@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -381,3 +382,27 @@ def test_bfloat16_state_follows_a_shrinking_gradient() -> None:
         states.append(optimizer.state[param])
     assert states[1]["v"].dtype == torch.float32 and states[1]["h0"].dtype == torch.bfloat16
     torch.testing.assert_close(states[1]["v"], states[0]["v"], rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_or_pickled_optimizer_steps_like_the_original(any_network: CoordinatewiseLSTM, how: str) -> None:
+    params = make_params()
+    optimizer = LSTMOptimizer(params, weights=any_network, lr=0.5, chunk_size=3)
+    run(optimizer, params, range(2))
+    if how == "deepcopy":
+        copied = copy.deepcopy(optimizer)
+    else:
+        buffer = io.BytesIO()
+        torch.save(optimizer, buffer)
+        buffer.seek(0)
+        copied = torch.load(buffer, weights_only=False)
+    copies = [p for group in copied.param_groups for p in group["params"]]
+    assert all(c is not p and torch.equal(c, p) for c, p in zip(copies, params))
+    assert copied.param_groups[0]["lr"] == 0.5
+    assert copied.chunk_size == 3 and copied.state_dtype == optimizer.state_dtype
+    run(optimizer, params, range(2, 4))
+    run(copied, copies, range(2, 4))
+    for c, p in zip(copies, params):
+        torch.testing.assert_close(c, p, rtol=0, atol=0)
+    assert all(torch.equal(copied.state[c][k], optimizer.state[p][k]) for c, p in zip(copies, params)
+               for k in optimizer.state[p] if k != "step")

@@ -43,6 +43,11 @@ class _Segment:
     lr: float
 
 
+# The attributes of LSTMOptimizer that copies and pickles keep besides torch's (see __getstate__).
+_PICKLED = ("chunk_size", "state_dtype", "nonfinite", "nonfinite_count", "compile", "_default_weights",
+            "_default_revision", "_default", "_loaded", "_group_networks")
+
+
 class LSTMOptimizer(Optimizer):
     """The learned optimizer of Andrychowicz et al. (2016), as a drop-in ``torch.optim.Optimizer``.
 
@@ -102,6 +107,17 @@ class LSTMOptimizer(Optimizer):
         self._networks: dict[tuple[int, torch.device], CoordinatewiseLSTM] = {}
         self._rules: dict[tuple[int, torch.device], Callable[[Tensor, State], tuple[Tensor, State]]] = {}
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, maximize=maximize))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``copy.deepcopy`` and pickling keep: torch's entries (defaults, state, groups) plus this optimizer's
+        settings and networks, without which a copy could not step. The caches of networks moved to a device and
+        of compiled rules are not kept: the copy rebuilds them on its first step."""
+        return {**super().__getstate__(), **{k: self.__dict__[k] for k in _PICKLED}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # also called by load_state_dict, with torch's entries only: keep the caches
+        self.__dict__.setdefault("_networks", {})
+        self.__dict__.setdefault("_rules", {})
 
     @property
     def network(self) -> CoordinatewiseLSTM:
