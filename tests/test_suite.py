@@ -13,7 +13,7 @@ import torch
 
 from torch_lstm_optim.evaluate import Run, main as evaluate_main, run_optimizer
 from torch_lstm_optim.suite import QUICK, TUNED, untuned_baselines
-from torch_lstm_optim.tasks import Problem, TaskError
+from torch_lstm_optim.tasks import Problem, TaskError, make_task
 from torch_lstm_optim.tasks.base import _check_problem
 from torch_lstm_optim.weights import resolve
 
@@ -146,3 +146,14 @@ def test_windowed_tuning_picks_what_the_whole_grid_picks():
     for centre, tried in ((0.1, 5), (1e-4, 9), (10.0, 5)):
         lr, scores = tune(Parabola(), BASELINES["sgd"], 5, 2, LR_GRID, centre=centre, window=2)
         assert lr == best and len(scores) == tried, centre
+
+
+def test_a_heldout_problem_evaluates_on_its_own(tmp_path):
+    """``evaluate --task torch_lstm_optim.tasks.heldout:Beale`` works: it samples only val and test, the splits a
+    held-out problem allows, and still refuses to meta-train on one."""
+    evaluate_main(["--task", "torch_lstm_optim.tasks.heldout:Beale", "--weights", "generalist", "--steps", "5",
+                   "--runs", "2", "--tune-runs", "1", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["task"] == "beale-2d" and math.isfinite(result["optimizers"]["learned"]["final_mean"])
+    with pytest.raises(TaskError, match="held-out evaluation problem"):
+        make_task("torch_lstm_optim.tasks.heldout:Beale")

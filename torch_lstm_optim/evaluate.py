@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        task = make_task(args.task, data_dir=args.data_dir, **options)
+        task = make_task(args.task, data_dir=args.data_dir, splits=("val", "test"), **options)
         network = load_weights_arg(args.weights)
         if not isinstance(network, CoordinatewiseLSTM):
             param_labels([task.sample(0, "test")], network)  # every parameter has its class's network

@@ -25,13 +25,14 @@ __all__ = ["Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskE
            "module_problem", "split_seed", "step_generator"]
 
 
-def make_task(name: str, data_dir: str | None = None, **options: Any) -> Task:
+def make_task(name: str, data_dir: str | None = None, *, splits: tuple[str, ...] = ("train", "val"),
+              **options: Any) -> Task:
     """Build a task from a registered name or ``"package.module:factory"``, with ``options`` as keyword args, and
     return it checked by :func:`check_task` (so a task whose ``sample`` takes no split comes back in
     :class:`SeedSplits`).
 
     ``data_dir`` is passed on only to factories that take a ``data_dir`` (tasks with data), so one command line
-    can name it whatever the task.
+    can name it whatever the task. ``splits`` are those :func:`check_task` samples: the ones the caller will use.
     """
     if name in TASKS:
         factory = TASKS[name]
@@ -49,4 +50,4 @@ def make_task(name: str, data_dir: str | None = None, **options: Any) -> Task:
         task = factory(**options)
     except TypeError as error:
         raise TaskError(f"task {name!r}: bad options {options} ({error})") from None
-    return check_task(task, name)
+    return check_task(task, name, splits)

@@ -131,11 +131,13 @@ class SeedSplits:
         return self.task.sample(split_seed(seed, split))
 
 
-def check_task(task: object, label: str) -> Task:
+def check_task(task: object, label: str, splits: tuple[str, ...] = ("train", "val")) -> Task:
     """Check ``task`` against the interface before any use; return it, wrapped in :class:`SeedSplits` if its
     ``sample`` takes no split.
 
-    Samples problem 0 of the ``train`` and ``val`` splits (those meta-training uses) and checks each: a
+    Samples problem 0 of each of ``splits`` (by default those meta-training uses; evaluation uses ``val`` and
+    ``test``, so that a task which refuses ``train``, like the suite's held-out problems, can be evaluated) and
+    checks each: a
     :class:`Problem` of floating-point tensors whose loss at step 0 is a finite scalar that gives every parameter a
     gradient (the unroll differentiates with respect to all of them), and whose ``param_classes`` name only its
     parameters; and that sampling again gives the same initial parameters. Raises :class:`TaskError` naming ``label``
@@ -148,10 +150,10 @@ def check_task(task: object, label: str) -> Task:
     if inspect.Parameter.VAR_POSITIONAL not in kinds and sum(
             k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds) < 2:
         task = SeedSplits(task)
-    for split in ("train", "val"):
+    for split in splits:
         call = f"sample({split_seed(0, split)})" if isinstance(task, SeedSplits) else f"sample(0, {split!r})"
         problem = _check_problem(task, split, f"task {label!r}: {call}")
-    again = task.sample(0, "val").params
+    again = task.sample(0, split).params
     if again.keys() != problem.params.keys() or not all(torch.equal(again[k], v) for k, v in problem.params.items()):
         raise TaskError(f"task {label!r}: {call} twice gave different initial parameters; draw everything random "
                         "from a generator seeded by the seed (e.g. torch.Generator().manual_seed(seed)), so that "
