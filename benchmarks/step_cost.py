@@ -72,10 +72,10 @@ def flops_per_coordinate(config: NetworkConfig) -> int:
                               (clamp; K lerps of 3; g*g and its lerp; t+1; bias correction of v: 6;
                                of each momentum: 4; K+1 divisions by the rms and K+1 clamps; a log per extra)
         layer l:   8 H (n_l + H)     the fused gate matmul, 2 * 4H * (n_l + H)
-                   + 13 H            bias 4H, 3 sigmoids + 1 tanh over the gates 4H, c = f*c + i*g 3H,
-                                     h = o * tanh(c) 2H
+                   + 18 H            bias 4H, one sigmoid over the gates 4H, tanh(g) = 2 sigmoid(2g) - 1 2H,
+                                     c = f*c + i*tanh(g) 3H, tanh(c) = 2 sigmoid(2c) - 1 4H, h = o * tanh(c) H
         head:      linear 2H + 2     (matmul, bias, * output_scale)
-                   direction_magnitude 4 (H + F) + 8   (2 outputs from [h, x], bias, /B, tanh, *B, exp, *, *scale)
+                   direction_magnitude 4 (H + F) + 6   (2 outputs from [h, x], bias 2, clamp, exp, *, *scale)
         optimizer: 3                 (finiteness check, lr * update, + param)
     """
     h, f = config.hidden_size, config.num_features
@@ -84,14 +84,15 @@ def flops_per_coordinate(config: NetworkConfig) -> int:
     else:
         features = 14 + 9 * len(config.betas) + (f - 1 - len(config.betas))
     widths = [f] + [h] * (config.num_layers - 1)
-    layers = sum(8 * h * (n + h) + 13 * h for n in widths)
-    head = 2 * h + 2 if config.output == "linear" else 4 * (h + f) + 8
+    layers = sum(8 * h * (n + h) + 18 * h for n in widths)
+    head = 2 * h + 2 if config.output == "linear" else 4 * (h + f) + 6
     return features + layers + head + 3
 
 
 def transcendentals_per_coordinate(config: NetworkConfig) -> tuple[int, int]:
-    """``(sigmoids, tanhs)`` of one coordinate's update in the LSTM layers: 3H and 2H per layer."""
-    return 3 * config.hidden_size * config.num_layers, 2 * config.hidden_size * config.num_layers
+    """``(sigmoids, tanhs)`` of one coordinate's update in the LSTM layers: 5H and 0 per layer (the rule takes each
+    tanh as a sigmoid: :meth:`CoordinatewiseLSTM.step`)."""
+    return 5 * config.hidden_size * config.num_layers, 0
 
 
 def bytes_per_coordinate(config: NetworkConfig, state_bytes: int = 4) -> int:
