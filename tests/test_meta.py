@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,20 @@ class Solved:
 def test_a_baseline_at_exactly_zero_loss_gives_a_ratio() -> None:
     result = evaluate(Solved(), make_network(), steps=2, runs=2, tune_runs=1, baselines=["sgd"], grid=[0.1])
     assert result["optimizers"]["sgd"]["final_mean"] == 0 and result["ratio_to_best"] in (1.0, math.inf)
+
+
+@pytest.mark.parametrize("seed, warns", [(0, False), (1, True), (2, True), (3, False)])
+def test_seeds_whose_training_problems_are_held_out_problems_warn(seed: int, warns: bool) -> None:
+    """With --seed 1 or 2 a quadratic run's training problems ARE val or test problems (same generator seed)."""
+    from torch_lstm_optim.meta_train import MetaTrainConfig, training_seeds, warn_if_seeds_meet_other_splits
+
+    config = MetaTrainConfig(seed=seed, iterations=10, meta_batch=4)
+    task = make_task("quadratic", dim=3)
+    trained = {tuple(task.sample(s, "train").params["theta"].tolist()) for i in range(10)
+               for s in training_seeds(config, i)}
+    held_out = {tuple(task.sample(s, split).params["theta"].tolist()) for split in ("val", "test") for s in range(60)}
+    assert bool(trained & held_out) == warns
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_seeds_meet_other_splits(config)
+    assert [str(w.message).startswith(f"--seed {seed} draws") for w in caught] == ([True] if warns else [])

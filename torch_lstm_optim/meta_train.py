@@ -29,6 +29,7 @@ import shlex
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -40,6 +41,7 @@ from . import distributed
 from .evaluate import machine_description, parse_task_args
 from .network import CoordinatewiseLSTM, NetworkConfig
 from .tasks import Task, TaskError, make_task
+from .tasks.base import SPLIT_STRIDE, SPLITS
 from .unroll import SINGLE, Networks, Rule, Unroll, advance, as_classes, meta_loss, param_labels
 from .weights import WEIGHTS_FILE, WeightsError, load_network
 
@@ -87,7 +89,9 @@ class MetaTrainConfig:
     objective: str = field(default="sum", metadata={
         "help": "meta-objective: 'sum' (paper), 'log' (mean log loss) or 'final' (log loss of the last tenth of "
                 "each truncation)"})
-    seed: int = field(default=0, metadata={"help": "seed of the network's init and of the problems sampled"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the network's init and of the problems sampled (not 1 or 2 for tasks without a data set: "
+                "their training problems would be val and test problems; the run warns)"})
     eval_every: int = field(default=10, metadata={"help": "iterations between validations"})
     val_problems: int = field(default=16, metadata={"help": "validation problems"})
     val_metric: str = field(default="loss", metadata={
@@ -171,6 +175,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
 
 def build_task(config: MetaTrainConfig) -> Task:
     return make_task(config.task, data_dir=config.data_dir, **parse_task_args(config.task_arg))
+
+
+def training_seeds(config: MetaTrainConfig, iteration: int) -> list[int]:
+    """Seeds of the ``train`` problems of meta-iteration ``iteration``."""
+    first = config.seed * 10_000_019 + iteration * config.meta_batch
+    return list(range(first, first + config.meta_batch))
+
+
+def warn_if_seeds_meet_other_splits(config: MetaTrainConfig) -> None:
+    """Warn if this run's training seeds reach ``SPLIT_STRIDE``: a task without a data set (quadratic, teacher,
+    mixture) draws ``train`` problem ``SPLIT_STRIDE + k`` from the same generator seed as ``val`` problem ``k``
+    (and ``2 SPLIT_STRIDE + k`` as ``test`` problem ``k``), so the run would train on held-out problems. Only
+    ``--seed`` 1 and 2 do; changing the seeds would change the problems of every run made with them."""
+    first, stop = training_seeds(config, 0)[0], training_seeds(config, config.iterations)[0]
+    if first < len(SPLITS) * SPLIT_STRIDE and stop > SPLIT_STRIDE:
+        warnings.warn(f"--seed {config.seed} draws training problems from seeds {first} to {stop - 1}; for tasks "
+                      f"without a data set these are the same problems as val or test problems (seed - "
+                      f"{SPLIT_STRIDE:,} or - {2 * SPLIT_STRIDE:,}), which would then be trained on. Use --seed 0 "
+                      "or >= 3 for them (tasks with data, like mnist-mlp, keep their splits' data apart).",
+                      UserWarning, stacklevel=2)
 
 
 def validation_seeds(config: MetaTrainConfig) -> range:
@@ -293,6 +317,7 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
 
     Under torchrun every process runs this; rank 0 alone writes the output folder and shows progress."""
     torch.set_num_threads(config.threads)
+    warn_if_seeds_meet_other_splits(config)
     writer = distributed.rank() == 0
     out = Path(config.out)
     task = build_task(config)  # before anything is written: a bad task or missing data leaves no trace
@@ -354,7 +379,7 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     started = time.time() - progress["elapsed"]
     try:
         for iteration in bar:
-            seeds = [config.seed * 10_000_019 + iteration * config.meta_batch + b for b in range(config.meta_batch)]
+            seeds = training_seeds(config, iteration)
             run = Unroll.start([task.sample(s, "train") for s in distributed.share(seeds)])
             horizon = horizons[progress["stage"]]
             episode = []
