@@ -69,3 +69,11 @@ def test_a_cifar_row_runs_when_data_and_weights_exist(tmp_path: Path, monkeypatc
 def test_missing_mnist_is_a_row_not_a_crash(tmp_path: Path) -> None:
     row = reproduce.reproduce(tmp_path / "out", str(tmp_path / "none"), quick=True, only=["mnist-mlp"])[0]
     assert row["status"].startswith("not run: MNIST not found under") and row["held"] is None
+
+
+def test_the_held_column_says_when_the_learned_optimizer_does_better_than_the_paper() -> None:
+    from torch_lstm_optim.reproduce import held_text
+
+    assert held_text({"held": True, "claim": "beats"}) == "yes"
+    assert held_text({"held": False, "claim": "beats"}) == "no"
+    assert held_text({"held": False, "claim": "fails"}) == "no: it beats them, better than the paper"
