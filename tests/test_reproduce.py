@@ -51,6 +51,15 @@ def test_quick_run_writes_every_row_a_plot_per_experiment_and_a_table(tmp_path: 
     assert "mnist-mlp: done before, reused" in capsys.readouterr().err
     assert [row["key"] for row in json.loads((out / "results.json").read_text())["experiments"]] == ["mnist-mlp"]
 
+    # Once the bundled name holds other weights (a new release), the cached result no longer stands for it.
+    cached = json.loads((out / "mnist-mlp.json").read_text())
+    cached["result"]["weights_sha256"] = "0" * 64
+    (out / "mnist-mlp.json").write_text(json.dumps(cached))
+    reproduce.main(["--out", str(out), "--quick", "--data-dir", str(data), "--only", "mnist-mlp"])
+    assert "mnist-mlp: ..." in capsys.readouterr().err
+    assert json.loads((out / "mnist-mlp.json").read_text())["result"]["weights_sha256"] == \
+        reproduce.bundled_fingerprint("mnist-mlp")
+
 
 def test_a_cifar_row_runs_when_data_and_weights_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     accept_generated_files(monkeypatch)

@@ -15,7 +15,7 @@ from torch_lstm_optim.evaluate import Run, main as evaluate_main, run_optimizer
 from torch_lstm_optim.suite import QUICK, TUNED, untuned_baselines
 from torch_lstm_optim.tasks import Problem, TaskError, make_task
 from torch_lstm_optim.tasks.base import _check_problem
-from torch_lstm_optim.weights import resolve
+from torch_lstm_optim.weights import fingerprint, load_network, resolve
 
 
 def test_quick_suite_end_to_end(tmp_path, capsys):
@@ -50,6 +50,7 @@ def test_quick_suite_end_to_end(tmp_path, capsys):
     evaluate_main(argv)
     assert "resuming: 6 pairs" in capsys.readouterr().err
     assert json.loads((tmp_path / "results.json").read_text())["pairs"] == result["pairs"]
+    assert result["weights_sha256"] == fingerprint(load_network("quadratic"))
 
     # Other weights on the same pairs: the baselines are taken from the first run, only the learned optimizer runs.
     other, weights = tmp_path / "other", tmp_path / "weights"
@@ -157,3 +158,22 @@ def test_a_heldout_problem_evaluates_on_its_own(tmp_path):
     assert result["task"] == "beale-2d" and math.isfinite(result["optimizers"]["learned"]["final_mean"])
     with pytest.raises(TaskError, match="held-out evaluation problem"):
         make_task("torch_lstm_optim.tasks.heldout:Beale")
+
+
+def test_a_folder_that_now_holds_other_weights_is_not_resumed(tmp_path, capsys):
+    """results.json of a folder's old weights must not stand for what the folder holds now."""
+    pytest.importorskip("sklearn")
+    weights, out = tmp_path / "weights", tmp_path / "out"
+    shutil.copytree(resolve("quadratic")[0], weights)
+    argv = ["--suite", "generalization", "--quick", "--problems", "beale-2d", "--horizons", "5", "--tune-seeds", "1",
+            "--weights", str(weights), "--out", str(out)]
+    evaluate_main(argv)
+    before = json.loads((out / "results.json").read_text())
+    shutil.rmtree(weights)
+    shutil.copytree(resolve("generalist")[0], weights)
+    capsys.readouterr()
+    evaluate_main(argv)
+    assert "holds results of other weights" in capsys.readouterr().err
+    after = json.loads((out / "results.json").read_text())
+    assert after["weights_sha256"] == fingerprint(load_network(weights)) != before["weights_sha256"]
+    assert after["pairs"][0]["optimizers"]["learned"]["finals"] != before["pairs"][0]["optimizers"]["learned"]["finals"]

@@ -31,7 +31,7 @@ import torch
 
 from .evaluate import LR_GRID, evaluate, machine_description, plot
 from .tasks import TaskError, make_task
-from .weights import WeightsError, bundled_names, load_network
+from .weights import WeightsError, bundled_names, fingerprint, load_network
 
 QUICK = dict(steps_divisor=10, runs=2, tune_runs=1, grid=(LR_GRID[4], LR_GRID[6], LR_GRID[8]))  # lr 0.01, 0.1, 1
 QUICK_TASK_OPTIONS = {"mnist-mlp": {"val_size": 100},
@@ -101,6 +101,12 @@ def not_run_reason(experiment: Experiment, data_dir: str) -> str:
     return "not run: " + "; ".join(reasons) if reasons else ""
 
 
+def bundled_fingerprint(name: str) -> str | None:
+    """:func:`weights.fingerprint` of the bundled weights ``name`` (``None`` if there are none by that name): a
+    cached result stands only for the weights it was made with, not for whatever the name holds now."""
+    return fingerprint(load_network(name)) if name in bundled_names() else None
+
+
 def run_experiment(experiment: Experiment, data_dir: str, quick: bool) -> dict[str, Any]:
     """Run one experiment through :func:`evaluate.evaluate`; a row saying why if it cannot run."""
     row: dict[str, Any] = {"key": experiment.key, "title": experiment.title, "paper": experiment.paper,
@@ -117,7 +123,8 @@ def run_experiment(experiment: Experiment, data_dir: str, quick: bool) -> dict[s
         return {**row, "status": f"not run: {error}", "held": None}
     start = time.time()
     result = evaluate(task, network, s["steps"], s["runs"], s["tune_runs"], grid=s["grid"])
-    result.update(weights=experiment.weights, task_options=s["task_options"], wall_seconds=time.time() - start)
+    result.update(weights=experiment.weights, weights_sha256=fingerprint(network), task_options=s["task_options"],
+                  wall_seconds=time.time() - start)
     beats = result["beats_best_by_se"]
     return {**row, "status": "run", "result": result, "held": beats if experiment.claim == "beats" else not beats}
 
@@ -166,7 +173,8 @@ def reproduce(out: Path, data_dir: str, quick: bool = False, only: list[str] | N
         cached = json.loads(cached_path.read_text()) if cached_path.exists() else None
         same = cached is not None and cached.get("status") == "run" and cached.get("experiment") == json.loads(
             json.dumps(asdict(experiment))) and cached.get("settings") == json.loads(
-            json.dumps(settings(experiment, quick)))
+            json.dumps(settings(experiment, quick))) and cached["result"].get("weights_sha256") == bundled_fingerprint(
+            experiment.weights)
         print(f"[{i}/{len(experiments)}] {experiment.key}: " + ("done before, reused" if same else "..."),
               file=sys.stderr, flush=True)
         row = cached if same else run_experiment(experiment, data_dir, quick)

@@ -47,7 +47,7 @@ from .network import CoordinatewiseLSTM
 from .tasks import TaskError
 from .tasks.base import _check_problem
 from .tasks.heldout import FAMILY_OF, SUITE, why
-from .weights import WeightsError, load_network
+from .weights import WeightsError, fingerprint, load_network
 
 SUITES: dict[str, dict[str, Callable[[], Any]]] = {"generalization": SUITE}
 TUNED = ("sgd", "nag", "rmsprop", "adam", "adamw")
@@ -315,11 +315,15 @@ def run_suite(config: SuiteConfig, network: CoordinatewiseLSTM, command: str = "
         except json.JSONDecodeError:
             old = {}
         if old.get("settings") == settings and old.get("skipped") == skipped:
-            done = {(p["problem"], p["steps"]): p for p in old.get("pairs", [])}
-            print(f"resuming: {len(done)} pairs already in {path}", file=sys.stderr)
+            if old.get("weights_sha256") == fingerprint(network):
+                done = {(p["problem"], p["steps"]): p for p in old.get("pairs", [])}
+                print(f"resuming: {len(done)} pairs already in {path}", file=sys.stderr)
+            else:
+                print(f"{path} holds results of other weights (the same name or folder, other contents): "
+                      "running every pair again", file=sys.stderr)
     result = {"suite": config.suite, "weights": str(config.weights or "default"),
               "weights_source": asdict(network.source) if getattr(network, "source", None) else None,
-              "settings": settings, "loss_floor": LOSS_FLOOR, "tuned": list(TUNED), "skipped": skipped,
+              "weights_sha256": fingerprint(network), "settings": settings, "loss_floor": LOSS_FLOOR, "tuned": list(TUNED), "skipped": skipped,
               "machine": machine_description(), "command": command, "pairs": []}
     for name, reason in skipped.items():
         print(f"skipping untuned baseline {name}: {reason}", file=sys.stderr)

@@ -7,6 +7,7 @@ finiteness. Only safetensors are ever read: pickles are refused, never unpickled
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -37,6 +38,16 @@ class WeightsSource:
     weights: str
     folder: str
     revision: str | None = None
+
+
+def fingerprint(network: CoordinatewiseLSTM) -> str:
+    """sha256 of a network's config and weights. Results cached under a weights name or folder are reused only if
+    this matches: the same name or folder can hold other weights later (a new release, a finished run)."""
+    digest = hashlib.sha256(json.dumps(network.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def bundled_root() -> Path:
