@@ -22,7 +22,7 @@ import torch
 
 from torch_lstm_optim.evaluate import BASELINES, LR_GRID, machine_description, run_optimizer
 from torch_lstm_optim.unroll import Unroll
-from torch_lstm_optim.meta_train import build_task, parse_args, train, validation_seeds
+from torch_lstm_optim.meta_train import build_task, parse_args, train, validation_scores, validation_seeds
 
 
 def time_to_beat(log: list[dict], reference: float) -> dict | None:
@@ -38,7 +38,7 @@ def adam_scores(config, task) -> dict[float, float]:
     for lr in LR_GRID:
         finals = torch.tensor([run_optimizer(pb, lambda p: BASELINES["adam"](p, lr), config.horizon).final
                                for pb in problems])
-        value = finals.mean() if config.val_metric == "loss" else (finals / initial).log().mean()
+        value = validation_scores(finals, initial, config.val_metric).mean()
         scores[lr] = float(value) if torch.isfinite(finals).all() else float("inf")
     return scores
 

@@ -62,6 +62,16 @@ def test_meta_gradient_reaches_every_weight_without_second_derivatives() -> None
     assert not any(v.requires_grad for state in run.state.values() for v in state.values())
 
 
+def test_a_validation_loss_of_exactly_zero_scores_finitely() -> None:
+    """Else the mean log ratio is -inf and that checkpoint stays the best for ever."""
+    from torch_lstm_optim.meta_train import validation_scores
+
+    finals, initial = torch.tensor([0.0, 0.5]), torch.tensor([2.0, 1.0])
+    scores = validation_scores(finals, initial, "log_ratio")
+    assert torch.isfinite(scores).all() and scores.tolist() == pytest.approx([math.log(1e-30), math.log(0.5)])
+    assert torch.equal(validation_scores(finals, initial, "loss"), finals)
+
+
 def test_meta_objectives() -> None:
     losses = torch.tensor([[1.0, 100.0], [3.0, 100.0]])
     assert float(meta_loss(losses, "sum")) == pytest.approx((4 + 200) / 2)

@@ -203,11 +203,19 @@ def validation_seeds(config: MetaTrainConfig) -> range:
     return range(offset, offset + config.val_problems)
 
 
+def validation_scores(finals: torch.Tensor, initial: torch.Tensor, metric: str) -> torch.Tensor:
+    """Per-problem validation scores: the final losses, or for ``"log_ratio"`` the log of final over initial loss,
+    floored at log(1e-30) (as the log meta-objectives floor the loss): a run that reaches a loss of exactly 0 would
+    otherwise score -inf, and the mean with it, and that checkpoint would stay the best whatever followed."""
+    return finals if metric == "loss" else (finals / initial).clamp_min(1e-30).log()
+
+
 def validate(network: Networks, task: Task, config: MetaTrainConfig,
              rule: Rule | dict[str, Rule] | None = None) -> float:
     """The network's score on the fixed validation problems after ``horizon`` steps (no meta-gradient): their mean
-    final loss, or with ``val_metric="log_ratio"`` the mean log of final over initial loss; ``inf`` if a final loss
-    is not finite. Each process runs its share of the problems; all get the same score."""
+    final loss, or with ``val_metric="log_ratio"`` the mean log of final over initial loss (see
+    :func:`validation_scores`); ``inf`` if a final loss is not finite. Each process runs its share of the
+    problems; all get the same score."""
     seeds, scores, finite = distributed.share(validation_seeds(config)), torch.zeros(0), True
     if seeds:
         run = Unroll.start([task.sample(seed, config.val_split) for seed in seeds])
@@ -216,7 +224,7 @@ def validate(network: Networks, task: Task, config: MetaTrainConfig,
             advance(network, run, config.horizon, rule=rule)
             finals = run.final_losses()
         finite = bool(torch.isfinite(finals).all())
-        scores = finals if config.val_metric == "loss" else (finals / initial).log()
+        scores = validation_scores(finals, initial, config.val_metric)
     if not distributed.all_true(finite):
         return math.inf
     return float(distributed.mean(scores))
