@@ -62,6 +62,17 @@ def test_baseline_lrs_are_used_instead_of_tuning(weights_folder: Path, tmp_path:
     assert (optimizers["sgd"]["lr"], optimizers["sgd"]["tuning_scores"]) == (3.1622776601683795, {})
     assert len(optimizers["nag"]["tuning_scores"]) == len(evaluate_module.LR_GRID)  # the others are tuned
 
+    # The model card says which learning rates were tuned and which were fixed.
+    evaluate_main([*TINY, "--weights", str(weights_folder), "--baseline-lrs", "adam=0.5", "--update-card", "--out",
+                   str(out)])
+    card = (weights_folder / "README.md").read_text()
+    assert "learning rates of sgd, nag, rmsprop tuned on 1 `val` problems" in card
+    assert "of adam fixed by `--baseline-lrs`" in card
+    lrs = [f"--baseline-lrs={name}=0.1" for name in ("sgd", "nag", "rmsprop", "adam")]
+    evaluate_main([*TINY, "--weights", str(weights_folder), *lrs, "--update-card", "--out", str(out)])
+    assert "baselines' learning rates fixed by `--baseline-lrs` (not tuned in this run)" in (
+        weights_folder / "README.md").read_text()
+
 
 @pytest.mark.parametrize("bad, message", [
     (["--baseline-lrs", "adam"], "error: --baseline-lrs expects NAME=LR with NAME one of sgd, nag, rmsprop, adam"),

@@ -181,10 +181,24 @@ def write_card_section(folder: Path, heading: str, body: str) -> None:
     card.write_text(text, encoding="utf-8")
 
 
+def tuning_text(result: dict[str, Any]) -> str:
+    """How the baselines' learning rates were chosen: tuned on ``val`` problems, or fixed by ``lrs``
+    (``--baseline-lrs``), which leaves a baseline without tuning scores."""
+    baselines = [name for name in result["optimizers"] if name != "learned"]
+    fixed = [name for name in baselines if not result["optimizers"][name]["tuning_scores"]]
+    tuned = [name for name in baselines if name not in fixed]
+    how = (f"tuned on {result['tune_runs']} `val` problems over {len(result['lr_grid'])} log-spaced values from "
+           "1e-4 to 10")
+    if not fixed:
+        return f"baselines' learning rates {how}"
+    if not tuned:
+        return "baselines' learning rates fixed by `--baseline-lrs` (not tuned in this run)"
+    return f"learning rates of {', '.join(tuned)} {how}; of {', '.join(fixed)} fixed by `--baseline-lrs`"
+
+
 def update_card(folder: Path, result: dict[str, Any]) -> None:
     """Write the evaluation (command, machine, table) into the weights folder's model card, replacing an older one."""
-    write_card_section(folder, EVAL_HEADING, f"""Held-out problems (`test` split) of `{result['task']}` {result['task_options'] or ''}, {result['steps']} steps; baselines' learning
-rates tuned on {result['tune_runs']} `val` problems over {len(result['lr_grid'])} log-spaced values from 1e-4 to 10.
+    write_card_section(folder, EVAL_HEADING, f"""Held-out problems (`test` split) of `{result['task']}` {result['task_options'] or ''}, {result['steps']} steps; {tuning_text(result)}.
 Measured with `{result['command']}` on {result['machine']} in {result['wall_seconds']:.0f} s.
 
 {table(result)}""")
