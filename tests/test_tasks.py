@@ -171,3 +171,61 @@ def test_mixture_draws_every_family_small_scaled_and_reproducible(mnist_dir: Pat
     assert "Quadratic" in make_task("mixture", families=("quadratic",)).describe(0)
     with pytest.raises(TaskError, match="families must be some of"):
         make_task("mixture", families=("cifar",))
+
+
+
+def fitted_loss(problem: Problem) -> float:
+    """The full-batch loss after L-BFGS from the problem's start: near the best the model can do."""
+    params = {k: v.clone().requires_grad_() for k, v in problem.params.items()}
+    optimizer = torch.optim.LBFGS(params.values(), max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
+                                  line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = problem.eval_loss(params)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(problem.eval_loss(params))
+
+
+def test_linear_model_noiseless_fits_exactly_noisy_does_not() -> None:
+    exact = make_task("linear-model", inputs=6, noise=0.0, feature_scale=2.0).sample(0)
+    assert float(exact.eval_loss(exact.params)) > 0.01 and fitted_loss(exact) < 1e-6
+    noisy = make_task("linear-model", inputs=6, noise=0.5).sample(0)
+    assert fitted_loss(noisy) > 0.05
+    full = make_task("linear-model", inputs=6, classes=3).sample(0)
+    assert torch.equal(full.loss(full.params, 0), full.loss(full.params, 7))  # full batch: the same every step
+    batched = make_task("linear-model", inputs=6, classes=3, batch_size=16).sample(0)
+    assert not torch.equal(batched.loss(batched.params, 0), batched.loss(batched.params, 1))
+    assert batched.params["weight"].shape == (3, 6)
+    with pytest.raises(TaskError, match="classes must be 0"):
+        make_task("linear-model", classes=1)
+
+
+@pytest.mark.parametrize("function, dim, minimum", [
+    ("booth", 2, (1.0, 3.0)), ("matyas", 2, (0.0, 0.0)), ("himmelblau", 2, (3.0, 2.0)),
+    ("three-hump-camel", 2, (0.0, 0.0)), ("zakharov", 5, (0.0,) * 5)])
+def test_test_functions_are_zero_only_at_their_minimum(function: str, dim: int, minimum: tuple) -> None:
+    plain = make_task("test-function", function=function, dim=dim, stretch=0.0).sample(4)  # stretch 0: D = 1
+    assert float(plain.loss({"theta": torch.tensor(minimum)}, 0)) == pytest.approx(0.0, abs=1e-5)
+    stretched = make_task("test-function", function=function, dim=dim).sample(4)
+    assert stretched.params["theta"].shape == (dim,) and float(stretched.loss(stretched.params, 0)) > 0
+    assert not torch.equal(stretched.params["theta"], plain.params["theta"])
+
+
+def test_test_function_options_are_checked() -> None:
+    with pytest.raises(TaskError, match="2-dimensional"):
+        make_task("test-function", function="booth", dim=3)
+    with pytest.raises(TaskError, match="function must be one of"):
+        make_task("test-function", function="beale")
+
+
+def test_mixture_draws_the_near_zero_families_only_when_asked(mnist_dir: Path) -> None:
+    task = make_task("mixture", data_dir=str(mnist_dir), max_params=3000, val_size=100,
+                     families=("linear", "function"))
+    assert {task.describe(seed).split("(")[0] for seed in range(20)} == {"LinearModel", "TestFunction"}
+    for seed in range(6):
+        problem = task.sample(seed)
+        assert math.isfinite(float(problem.loss(problem.params, 0)))

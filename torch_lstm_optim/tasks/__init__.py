@@ -13,13 +13,15 @@ from typing import Any
 from .base import (Forward, Params, Problem, SeedSplits, Task, TaskError, check_task, module_problem, split_seed,
                    step_generator)
 from .cifar import Cifar10Conv
+from .generated import LinearModel, TestFunction
 from .mixture import Mixture
 from .mnist import MnistConv, MnistMLP
 from .quadratic import Quadratic
 from .teacher import Teacher
 
 TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": MnistMLP, "mnist-conv": MnistConv,
-                                         "cifar10-conv": Cifar10Conv, "teacher": Teacher, "mixture": Mixture}
+                                         "cifar10-conv": Cifar10Conv, "teacher": Teacher, "linear-model": LinearModel,
+                                         "test-function": TestFunction, "mixture": Mixture}
 
 __all__ = ["Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task", "make_task",
            "module_problem", "split_seed", "step_generator"]
