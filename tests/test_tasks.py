@@ -223,8 +223,7 @@ def test_test_function_options_are_checked() -> None:
 
 
 def test_mixture_draws_the_near_zero_families_only_when_asked(mnist_dir: Path) -> None:
-    task = make_task("mixture", data_dir=str(mnist_dir), max_params=3000, val_size=100,
-                     families=("linear", "function"))
+    task = make_task("mixture", data_dir=str(mnist_dir), max_params=3000, val_size=100, families="linear,function")
     assert {task.describe(seed).split("(")[0] for seed in range(20)} == {"LinearModel", "TestFunction"}
     for seed in range(6):
         problem = task.sample(seed)

@@ -69,7 +69,8 @@ class Mixture:
     name: str = "mixture"
 
     def __post_init__(self) -> None:
-        self.families = (self.families,) if isinstance(self.families, str) else tuple(self.families)
+        # a string is a comma-separated list, as typed on a command line: --task-arg families=quadratic,linear
+        self.families = tuple(self.families.split(",")) if isinstance(self.families, str) else tuple(self.families)
         unknown = sorted(set(self.families) - set(FAMILIES))
         if unknown or not self.families:
             raise TaskError(f"task {self.name!r}: families must be some of {FAMILIES}, found {self.families}")
