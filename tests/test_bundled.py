@@ -27,7 +27,7 @@ def test_bundled_weights_load_and_reduce_a_quadratic(name: str) -> None:
     for _ in range(30):
         optimizer.zero_grad()
         loss = (curvature * (theta - target).square()).sum()
-        losses.append(float(loss))
+        losses.append(loss.item())
         loss.backward()
         optimizer.step()
     assert losses[-1] < 0.5 * losses[0]
