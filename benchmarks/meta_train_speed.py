@@ -64,12 +64,12 @@ def main() -> None:
         config, _ = parse_args(flags + sum((["--task-arg", a] for a in card_config["task_arg"]), []))
         log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     else:
-        out = tempfile.mkdtemp(prefix="meta_speed_")
-        config, network_config = parse_args(["--task", args.task, "--data-dir", args.data_dir, "--iterations",
-                                              str(args.iterations), "--eval-every", str(args.eval_every), "--threads",
-                                              str(args.threads), "--out", out, *passthrough])
-        train(config, network_config, "benchmark")
-        log = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+        with tempfile.TemporaryDirectory(prefix="meta_speed_") as out:
+            config, network_config = parse_args(["--task", args.task, "--data-dir", args.data_dir, "--iterations",
+                                                  str(args.iterations), "--eval-every", str(args.eval_every),
+                                                  "--threads", str(args.threads), "--out", out, *passthrough])
+            train(config, network_config, "benchmark")
+            log = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
     task = build_task(config)
     scores = adam_scores(config, task)
     lr = min(scores, key=scores.get)

@@ -12,10 +12,11 @@ import pytest
 import torch
 from conftest import make_network
 
-from torch_lstm_optim import LSTMOptimizer, load_network
+from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, NetworkConfig, load_network
 from torch_lstm_optim.evaluate import evaluate, run_optimizer
 from torch_lstm_optim.evaluate import main as evaluate_main
 from torch_lstm_optim.meta_train import main as meta_train_main
+from torch_lstm_optim.meta_train import parse_args, validate
 from torch_lstm_optim.tasks import Problem, TaskError, make_task
 from torch_lstm_optim.unroll import Unroll, advance, meta_loss
 
@@ -133,6 +134,31 @@ def test_curriculum_moves_to_longer_horizons_when_validation_stalls(tmp_path: Pa
     assert [r.get("horizon") for r in log] == [None, 2, 2, 4, 4, 6]
     assert len({r["val"] for r in log}) == 1
     assert "horizons [2, 4, 6]" in (out / "README.md").read_text()
+
+
+def test_with_average_decay_the_moving_average_of_the_weights_is_validated_and_kept(tmp_path: Path) -> None:
+    """One meta-iteration of two meta-updates, w1 then w2, with decay 0.75: the average is 0.75 w1 + 0.25 w2 (the
+    first update starts it at w1); the logged validation is that average's, and its weights are the ones written
+    whenever they validate best. w1 comes from a run that stops after the first truncation of the same problems."""
+    common = ["--task", "quadratic", "--iterations", "1", "--meta-batch", "2", "--eval-every", "1",
+              "--truncation", "2", "--val-problems", "4", "--threads", "1", "--no-compile", "--hidden-size", "4"]
+    meta_train_main([*common, "--horizon", "2", "--out", str(tmp_path / "w1")])
+    meta_train_main([*common, "--horizon", "4", "--average-decay", "0.75", "--out", str(tmp_path / "avg")])
+    w1 = torch.load(tmp_path / "w1" / "checkpoint.pt", weights_only=True)["network"]
+    checkpoint = torch.load(tmp_path / "avg" / "checkpoint.pt", weights_only=True)
+    w2, averaged = checkpoint["network"], checkpoint["averaged"]
+    assert int(averaged["n_averaged"]) == 2
+    for name in w2:
+        assert not torch.equal(w1[name], w2[name]), name
+        torch.testing.assert_close(averaged["module." + name], 0.75 * w1[name] + 0.25 * w2[name])
+    network = CoordinatewiseLSTM(NetworkConfig.from_dict(checkpoint["network_config"]))
+    network.load_state_dict({name: averaged["module." + name] for name in w2})
+    config, _ = parse_args([*common, "--horizon", "4"])
+    log = [json.loads(line) for line in (tmp_path / "avg" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["val"] == pytest.approx(validate(network, make_task("quadratic"), config))
+    assert checkpoint["progress"]["best_iteration"] == 1  # the average beat the start, so it is what was kept
+    kept = load_network(tmp_path / "avg").state_dict()
+    assert all(torch.equal(kept[name], value) for name, value in network.state_dict().items())
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -67,7 +67,7 @@ def assert_equal_tree(a: Any, b: Any, where: str = "") -> None:
 def assert_same_result(a: Path, b: Path) -> None:
     """Two runs ended with the same network, meta-optimizer, progress, best weights and log."""
     first, second = (torch.load(out / "checkpoint.pt", weights_only=True) for out in (a, b))
-    for key in ("network", "meta_optimizer", "network_config"):
+    for key in ("network", "meta_optimizer", "averaged", "network_config"):
         assert_equal_tree(first[key], second[key], key)
     assert_equal_tree({k: v for k, v in first["progress"].items() if k != "elapsed"},
                       {k: v for k, v in second["progress"].items() if k != "elapsed"}, "progress")
@@ -79,10 +79,11 @@ def assert_same_result(a: Path, b: Path) -> None:
 # --- resume and interruption --------------------------------------------------------------------------------------
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path: Path) -> None:
-    meta_train(tmp_path / "straight", "--iterations", "8")
-    meta_train(tmp_path / "split", "--iterations", "4")
-    meta_train(tmp_path / "split", "--iterations", "8", "--resume")
+@pytest.mark.parametrize("flags", [[], ["--average-decay", "0.5"]], ids=["plain", "averaged"])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path: Path, flags: list[str]) -> None:
+    meta_train(tmp_path / "straight", "--iterations", "8", *flags)
+    meta_train(tmp_path / "split", "--iterations", "4", *flags)
+    meta_train(tmp_path / "split", "--iterations", "8", "--resume", *flags)
     assert_same_result(tmp_path / "straight", tmp_path / "split")
 
 
@@ -207,6 +208,7 @@ def test_too_many_diverging_unrolls_in_a_row_stop_with_the_best_weights_intact(
     (["--hidden-size", "1000000000"], "config field 'hidden_size' must be in"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--task-arg", "dim"], "--task-arg expects key=value, found 'dim'"),
+    (["--average-decay", "1"], "--average-decay must be in [0, 1), found 1.0"),
 ])
 def test_bad_flags_stop_with_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                                            message: str) -> None:
@@ -266,7 +268,8 @@ def test_a_damaged_checkpoint_is_refused_and_left_as_it_is(tmp_path: Path, capsy
 
 
 @pytest.mark.parametrize("flags, field", [(["--hidden-size", "7"], "hidden_size"), (["--seed", "5"], "seed"),
-                                          (["--meta-batch", "3"], "meta_batch")])
+                                          (["--meta-batch", "3"], "meta_batch"),
+                                          (["--average-decay", "0.9"], "average_decay")])
 def test_resuming_with_other_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  flags: list[str], field: str) -> None:
     """The run would silently become another one; ``--iterations`` (and the like) may change, these may not."""

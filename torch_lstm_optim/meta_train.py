@@ -6,7 +6,8 @@ Each meta-iteration samples ``meta_batch`` problems, optimises them for ``horizo
 after every ``truncation`` steps back-propagates the meta-objective of those steps into the network (Adam, meta-
 gradient clipping), then detaches parameters and state (truncated BPTT, Andrychowicz et al. 2016). Every
 ``eval_every`` iterations the network runs on fixed validation problems for ``horizon`` steps and the best weights
-are kept (early stopping). With a ``curriculum`` of shorter horizons, episodes start at the first and move to the
+are kept (early stopping); with ``average_decay`` an exponential moving average of the weights (Polyak averaging)
+is what is validated and kept, which smooths the swings of the raw weights between checks. With a ``curriculum`` of shorter horizons, episodes start at the first and move to the
 next each time validation has not improved for ``patience`` validations (Chen et al. 2020), up to ``horizon``. A
 checkpoint is written atomically after every meta-iteration; ``--resume`` continues from it and gives the same
 result as an uninterrupted run (problems are drawn from (seed, iteration), so no RNG state is needed). Under
@@ -39,6 +40,8 @@ import torch
 
 from . import distributed
 from .evaluate import machine_description, parse_task_args
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
 from .network import CoordinatewiseLSTM, NetworkConfig
 from .tasks import Task, TaskError, make_task
 from .tasks.base import SPLIT_STRIDE, SPLITS
@@ -49,7 +52,7 @@ from .weights import WEIGHTS_FILE, WeightsError, load_network
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
 RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_rule", "init_lr", "horizon", "truncation",
                 "meta_batch", "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems", "val_metric",
-                "curriculum", "patience")
+                "curriculum", "patience", "average_decay")
 
 
 class DivergedError(RuntimeError):
@@ -86,6 +89,10 @@ class MetaTrainConfig:
                 "(default: meta_lr)"})
     iterations: int = field(default=300, metadata={"help": "meta-iterations (each a full horizon)"})
     clip: float = field(default=1.0, metadata={"help": "meta-gradient norm clipping"})
+    average_decay: float = field(default=0.0, metadata={
+        "help": "if > 0: validate and keep an exponential moving average of the weights, updated after every "
+                "meta-update with this decay (e.g. 0.999: about the last 1,000 meta-updates), instead of the raw "
+                "weights, whose validation can swing widely from one check to the next"})
     objective: str = field(default="sum", metadata={
         "help": "meta-objective: 'sum' (paper), 'log' (mean log loss) or 'final' (log loss of the last tenth of "
                 "each truncation)"})
@@ -157,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
     if len(set(config.param_classes)) != len(config.param_classes) or any(
             not c or "." in c or "/" in c for c in config.param_classes):
         parser.error(f"--param-classes must be distinct names without '.' or '/', found {config.param_classes}")
+    if not 0.0 <= config.average_decay < 1.0:
+        parser.error(f"--average-decay must be in [0, 1), found {config.average_decay}")
     if config.val_metric not in ("loss", "log_ratio"):
         parser.error(f"--val-metric must be 'loss' or 'log_ratio', found {config.val_metric!r}")
     if config.val_split not in ("val", "train"):
@@ -257,9 +266,10 @@ def save_weights(network: CoordinatewiseLSTM, out: Path) -> None:
     tmp.rmdir()
 
 
-def resume_from(path: Path, config: MetaTrainConfig, network: torch.nn.Module,
-                meta_optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load the checkpoint ``path`` into ``network`` and ``meta_optimizer``; return its progress.
+def resume_from(path: Path, config: MetaTrainConfig, network: torch.nn.Module, meta_optimizer: torch.optim.Optimizer,
+                averaged: AveragedModel | None) -> dict[str, Any]:
+    """Load the checkpoint ``path`` into ``network``, ``meta_optimizer`` (and the weight average); return its
+    progress.
 
     Raises :class:`CheckpointError` (before anything is written) if the file is damaged or was made with other
     settings.
@@ -281,6 +291,8 @@ def resume_from(path: Path, config: MetaTrainConfig, network: torch.nn.Module,
     try:
         network.load_state_dict(checkpoint["network"])
         meta_optimizer.load_state_dict(checkpoint["meta_optimizer"])
+        if averaged is not None:
+            averaged.load_state_dict(checkpoint["averaged"])
     except (RuntimeError, KeyError, ValueError) as error:
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({error}); move it away to start "
                               "over") from None
@@ -315,6 +327,11 @@ def start_networks(config: MetaTrainConfig, network_config: NetworkConfig) -> to
     return networks[SINGLE] if not config.param_classes else torch.nn.ModuleDict(networks)
 
 
+def compiled_rule(model: torch.nn.Module) -> dict[str, Rule]:
+    """``torch.compile`` of each network's update rule (2.5x faster meta-iterations on CPU), by parameter class."""
+    return {label: torch.compile(net.step, dynamic=True) for label, net in as_classes(model).items()}
+
+
 def weight_folders(model: torch.nn.Module, out: Path) -> dict[Path, CoordinatewiseLSTM]:
     """Where each network's weights go: ``out`` for one network, ``out/<class>`` for per-class ones."""
     return {out if label == SINGLE else out / label: network for label, network in as_classes(model).items()}
@@ -337,15 +354,19 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     meta_optimizer = torch.optim.Adam([
         {"params": [p for p in network.parameters() if all(p is not q for q in head)]},
         {"params": head, "lr": config.head_lr or config.meta_lr}], lr=config.meta_lr)
-    rule = {label: torch.compile(net.step, dynamic=True)
-            for label, net in as_classes(network).items()} if config.compile else None
+    rule = compiled_rule(network) if config.compile else None
+    # What is validated and kept: the network itself, or the moving average of its weights.
+    averaged = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.average_decay)) \
+        if config.average_decay else None
+    candidate = averaged.module if averaged is not None else network
+    candidate_rule = compiled_rule(candidate) if config.compile and averaged is not None else rule
     progress = {"iteration": 0, "meta_updates": 0, "skipped": 0, "in_a_row": 0, "best_val": math.inf,
                 "best_iteration": -1, "elapsed": 0.0, "stage": 0, "since_best": 0}
     horizons = [*config.curriculum, config.horizon]
     checkpoint_path = out / "checkpoint.pt"
     resumed = config.resume and checkpoint_path.exists()
     if resumed:
-        progress = {**progress, **resume_from(checkpoint_path, config, network, meta_optimizer)}
+        progress = {**progress, **resume_from(checkpoint_path, config, network, meta_optimizer, averaged)}
     elif checkpoint_path.exists():
         raise CheckpointError(f"{checkpoint_path}: {out} holds a run already; pass --resume to continue it, or "
                               "another --out (nothing is overwritten)")
@@ -360,23 +381,24 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     # What a kill in the middle of a write left behind (the files they were to replace are intact).
     if writer:
         checkpoint_path.with_name(checkpoint_path.name + ".tmp").unlink(missing_ok=True)
-        for folder in weight_folders(network, out):
+        for folder in weight_folders(candidate, out):
             shutil.rmtree(folder / ".weights.tmp", ignore_errors=True)
 
     def save_best() -> None:
         if writer:
-            for folder, net in weight_folders(network, out).items():
+            for folder, net in weight_folders(candidate, out).items():
                 save_weights(net, folder)
 
     def save_checkpoint() -> None:
         if writer:
             atomic_save({"network": network.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
+                         "averaged": averaged.state_dict() if averaged is not None else None,
                          "progress": progress, "config": asdict(config),
                          "network_config": network_config_of(network).to_dict()},
                         checkpoint_path)
 
     if progress["best_iteration"] < 0:  # a fresh run: the starting network is the first candidate
-        progress["best_val"], progress["best_iteration"] = validate(network, task, config, rule), 0
+        progress["best_val"], progress["best_iteration"] = validate(candidate, task, config, candidate_rule), 0
         save_best()
         log.write(json.dumps({"iteration": 0, "elapsed": 0.0, "skipped": 0, "val": progress["best_val"]}) + "\n")
 
@@ -404,6 +426,8 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
                     break
                 torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip)
                 meta_optimizer.step()
+                if averaged is not None:
+                    averaged.update_parameters(network)
                 progress["meta_updates"] += 1
                 episode.append(overall.item())
                 run.detach()
@@ -423,9 +447,9 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
             record = {"iteration": iteration + 1, "meta_loss": sum(episode) / max(len(episode), 1),
                       "elapsed": round(progress["elapsed"], 1), "skipped": progress["skipped"], "horizon": horizon}
             if (iteration + 1) % config.eval_every == 0 or iteration + 1 == config.iterations:
-                network.eval()
-                record["val"] = validate(network, task, config, rule)
-                network.train()
+                candidate.eval()
+                record["val"] = validate(candidate, task, config, candidate_rule)
+                candidate.train()
                 progress["since_best"] += 1
                 if record["val"] < progress["best_val"]:
                     progress["best_val"], progress["best_iteration"] = record["val"], iteration + 1
@@ -488,7 +512,7 @@ Produced by the project's meta-trainer with:
 
 - task: `{config['task']}` {config['task_arg'] or ''}; data: {'`' + config['data_dir'] + '`' if config['task'] != 'quadratic' else 'generated'}
 {lineage}- seed {config['seed']}; {summary['iteration']} meta-iterations, {summary['meta_updates']} meta-updates, {summary['skipped']} skipped (non-finite)
-- best validation {config['val_metric'].replace('_', ' ')} {summary['best_val']:.4f} at iteration {summary['best_iteration']} ({config['val_problems']} val problems, {config['horizon']} steps)
+- best validation {config['val_metric'].replace('_', ' ')} {summary['best_val']:.4f} at iteration {summary['best_iteration']} ({config['val_problems']} val problems, {config['horizon']} steps){averaging_note(config)}
 - horizons {[*config['curriculum'], config['horizon']]}, truncations of {config['truncation']} steps; the last stage reached: {[*config['curriculum'], config['horizon']][summary['stage']]} steps
 - wall time {summary['wall_seconds'] / 60:.1f} min on {summary['machine']}{processes_note(summary, config)}
 
@@ -501,6 +525,13 @@ Load it with `LSTMOptimizer(model.parameters(), weights="<this folder or name>")
 ```
 """
     atomic_write(out / "README.md", lambda handle: handle.write(text.encode("utf-8")))
+
+
+def averaging_note(config: dict[str, Any]) -> str:
+    """The model card's note on what was kept when the weights were averaged (nothing without averaging)."""
+    decay = config.get("average_decay", 0.0)
+    return f"; the weights kept are the moving average of the trained ones (decay {decay} per meta-update)" \
+        if decay else ""
 
 
 def processes_note(summary: dict[str, Any], config: dict[str, Any]) -> str:
