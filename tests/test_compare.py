@@ -1,0 +1,52 @@
+"""``python -m torch_lstm_optim.compare``: weights against weights on the same fresh problems, paired."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_network
+
+from torch_lstm_optim.compare import compare, main, scores
+from torch_lstm_optim.meta_train import validation_scores
+from torch_lstm_optim.tasks import make_task
+from torch_lstm_optim.unroll import Unroll, advance
+
+
+def test_scores_are_the_meta_trainers_validation_scores_and_differences_are_paired() -> None:
+    task = make_task("quadratic", dim=4)
+    problems = [task.sample(seed, "test") for seed in range(6)]
+    a, b = make_network(seed=0), make_network(seed=1)
+    run = Unroll.start(problems)
+    initial = run.final_losses()
+    with torch.no_grad():
+        advance(a, run, 5)
+    expected = validation_scores(run.final_losses(), initial, "log_ratio")
+    torch.testing.assert_close(scores(a, problems, 5, "log_ratio"), expected)
+
+    result = compare({"a": a, "b": b, "a again": a}, problems, steps=5)
+    first, second, same = (result["weights"][k] for k in ("a", "b", "a again"))
+    assert first["diff_mean"] == 0 and first["better_on"] == first["worse_on"] == 0
+    assert same == first  # the same weights score the same on the same problems
+    diffs = torch.tensor(second["scores"]) - torch.tensor(first["scores"])
+    assert second["diff_mean"] == pytest.approx(float(diffs.mean()))
+    assert second["diff_se"] == pytest.approx(float(diffs.std() / 6 ** 0.5))
+    assert second["better_on"] == int((diffs < 0).sum()) and second["better_on"] + second["worse_on"] == 6
+
+
+def test_cli_writes_results_and_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_network(seed=1).save_pretrained(tmp_path / "other")
+    main(["--task", "quadratic", "--task-arg", "dim=3", "--weights", "quadratic", "--weights", str(tmp_path / "other"),
+          "--steps", "4", "--runs", "3", "--threads", "1", "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(result["weights"]) == ["quadratic", str(tmp_path / "other")] and result["runs"] == 3
+    assert "| `quadratic` |" in capsys.readouterr().out
+    for argv, code, message in (
+            (["--weights", "quadratic"], 2, "give two or more different weights"),
+            (["--weights", "quadratic", "--weights", str(tmp_path / "missing")], 2, "error: unknown weights")):
+        with pytest.raises(SystemExit) as stop:
+            main(["--task", "quadratic", *argv, "--out", str(tmp_path / "bad")])
+        assert stop.value.code == code and message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

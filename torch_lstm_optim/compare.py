@@ -1,0 +1,117 @@
+"""Learned weights against each other on many fresh problems of one task, paired.
+
+``python -m torch_lstm_optim.compare --task mixture --data-dir ../shared/data --weights generalist --weights DIR
+--steps 1000 --runs 48 --out results/compare``
+
+Meta-training keeps the weights that score best on a few validation problems (16 for the generalist). On a mixture,
+whose problems' log-loss reductions differ by orders of magnitude, a mean over 16 is noisy, and the best of many
+checks is an optimistic pick. This runs every weight set on the same ``runs`` fresh problems (the task's ``test``
+split: neither trained nor validated on) with the meta-trainer's validation score, and reports for each its mean, its
+paired difference from the first weights with a standard error, and on how many problems it does better. It compares
+weights with weights; ``evaluate`` compares them with tuned baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .evaluate import machine_description, parse_task_args
+from .meta_train import validation_scores
+from .network import CoordinatewiseLSTM
+from .tasks import Problem, TaskError, make_task
+from .unroll import Unroll, advance
+from .weights import WeightsError, load_network
+
+
+def scores(network: CoordinatewiseLSTM, problems: list[Problem], steps: int, metric: str) -> Tensor:
+    """Per-problem scores of ``network`` run ``steps`` steps on ``problems`` (lower is better): the final loss, or
+    for ``"log_ratio"`` the log of final over initial loss, as meta-training validates; ``inf`` where a run
+    diverged."""
+    run = Unroll.start(problems)
+    initial = run.final_losses()
+    with torch.no_grad():
+        advance(network, run, steps)
+    result = validation_scores(run.final_losses(), initial, metric)
+    return torch.where(torch.isfinite(result), result, torch.full_like(result, math.inf))
+
+
+def compare(networks: dict[str, CoordinatewiseLSTM], problems: list[Problem], steps: int,
+            metric: str = "log_ratio") -> dict[str, Any]:
+    """Every network on the same ``problems``; the first named is the reference of the paired differences."""
+    per_problem = {name: scores(net, problems, steps, metric).double() for name, net in networks.items()}
+    reference = next(iter(per_problem.values()))
+    n = len(problems)
+    summary = {}
+    for name, values in per_problem.items():
+        diff = values - reference
+        summary[name] = {"mean": float(values.mean()), "diff_mean": float(diff.mean()),
+                         "diff_se": float(diff.std() / math.sqrt(n)) if n > 1 else 0.0,
+                         "better_on": int((diff < 0).sum()), "worse_on": int((diff > 0).sum()),
+                         "scores": values.tolist()}
+    return {"steps": steps, "runs": n, "metric": metric, "weights": summary}
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown: one row per weight set."""
+    first = next(iter(result["weights"]))
+    rows = [f"| weights | mean {result['metric']} ({result['runs']} problems, {result['steps']} steps) | "
+            f"paired difference from `{first}` (± s.e.) | better / worse on |", "|---|---:|---:|---:|"]
+    for name, r in result["weights"].items():
+        rows.append(f"| `{name}` | {r['mean']:.4f} | {r['diff_mean']:+.4f} ± {r['diff_se']:.4f} | "
+                    f"{r['better_on']} / {r['worse_on']} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The CLI; a bad task, data or weights stops with one ``error:`` line and exit code 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m torch_lstm_optim.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, help="task name or package.module:factory")
+    parser.add_argument("--task-arg", action="append", default=[], help="task option key=value (repeatable)")
+    parser.add_argument("--data-dir", default=None, help="data folder for tasks with data (e.g. ../shared/data)")
+    parser.add_argument("--weights", action="append", required=True,
+                        help="bundled name, folder or hub id (repeat: two or more; the first is the reference)")
+    parser.add_argument("--steps", type=int, default=100, help="optimisation steps per problem")
+    parser.add_argument("--runs", type=int, default=48, help="problems (test split seeds 0 .. runs-1)")
+    parser.add_argument("--metric", choices=("log_ratio", "loss"), default="log_ratio",
+                        help="score per problem: log of final over initial loss, or final loss")
+    parser.add_argument("--out", required=True, help="output folder for results.json")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if len(args.weights) < 2 or len(set(args.weights)) != len(args.weights):
+        parser.error(f"--weights: give two or more different weights, found {args.weights}")
+    if args.steps < 1 or args.runs < 1:
+        parser.error("--steps and --runs must be >= 1")
+    torch.set_num_threads(args.threads)
+    try:
+        task = make_task(args.task, data_dir=args.data_dir, splits=("test",), **parse_task_args(args.task_arg))
+        networks = {w: load_network(w) for w in args.weights}
+        problems = [task.sample(seed, "test") for seed in range(args.runs)]
+    except (TaskError, WeightsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    start = time.time()
+    result = compare(networks, problems, args.steps, args.metric)
+    result.update(task=args.task, task_arg=args.task_arg, wall_seconds=round(time.time() - start, 1),
+                  machine=machine_description(), command="python -m torch_lstm_optim.compare " + shlex.join(argv))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json.tmp").write_text(json.dumps(result, indent=1))
+    (out / "results.json.tmp").replace(out / "results.json")
+    print(table(result))
+    print(f"wall time {result['wall_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
