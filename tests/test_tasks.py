@@ -187,7 +187,7 @@ def fitted_loss(problem: Problem) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(problem.eval_loss(params))
+    return problem.eval_loss(params).item()
 
 
 def test_linear_model_noiseless_fits_exactly_noisy_does_not() -> None:
