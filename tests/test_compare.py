@@ -33,6 +33,7 @@ def test_scores_are_the_meta_trainers_validation_scores_and_differences_are_pair
     diffs = torch.tensor(second["scores"]) - torch.tensor(first["scores"])
     assert second["diff_mean"] == pytest.approx(float(diffs.mean()))
     assert second["diff_se"] == pytest.approx(float(diffs.std() / 6 ** 0.5))
+    assert second["diff_median"] == pytest.approx(float(diffs.median()))
     assert second["better_on"] == int((diffs < 0).sum()) and second["better_on"] + second["worse_on"] == 6
 
 

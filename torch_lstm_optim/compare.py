@@ -7,7 +7,8 @@ Meta-training keeps the weights that score best on a few validation problems (16
 whose problems' log-loss reductions differ by orders of magnitude, a mean over 16 is noisy, and the best of many
 checks is an optimistic pick. This runs every weight set on the same ``runs`` fresh problems (the task's ``test``
 split: neither trained nor validated on) with the meta-trainer's validation score, and reports for each its mean, its
-paired difference from the first weights with a standard error, and on how many problems it does better. It compares
+paired difference from the first weights with a standard error, the median difference and on how many problems it
+does better (a few problems taken to near-zero losses can decide a mean of log-ratios alone). It compares
 weights with weights; ``evaluate`` compares them with tuned baselines.
 """
 
@@ -55,6 +56,7 @@ def compare(networks: dict[str, CoordinatewiseLSTM], problems: list[Problem], st
     for name, values in per_problem.items():
         diff = values - reference
         summary[name] = {"mean": float(values.mean()), "diff_mean": float(diff.mean()),
+                         "diff_median": float(diff.median()),
                          "diff_se": float(diff.std() / math.sqrt(n)) if n > 1 else 0.0,
                          "better_on": int((diff < 0).sum()), "worse_on": int((diff > 0).sum()),
                          "scores": values.tolist()}
@@ -65,10 +67,11 @@ def table(result: dict[str, Any]) -> str:
     """Markdown: one row per weight set."""
     first = next(iter(result["weights"]))
     rows = [f"| weights | mean {result['metric']} ({result['runs']} problems, {result['steps']} steps) | "
-            f"paired difference from `{first}` (± s.e.) | better / worse on |", "|---|---:|---:|---:|"]
+            f"paired difference from `{first}` (± s.e.) | median difference | better / worse on |",
+            "|---|---:|---:|---:|---:|"]
     for name, r in result["weights"].items():
         rows.append(f"| `{name}` | {r['mean']:.4f} | {r['diff_mean']:+.4f} ± {r['diff_se']:.4f} | "
-                    f"{r['better_on']} / {r['worse_on']} |")
+                    f"{r['diff_median']:+.4f} | {r['better_on']} / {r['worse_on']} |")
     return "\n".join(rows)
 
 
