@@ -7,8 +7,9 @@ after every ``truncation`` steps back-propagates the meta-objective of those ste
 gradient clipping), then detaches parameters and state (truncated BPTT, Andrychowicz et al. 2016). Every
 ``eval_every`` iterations the network runs on fixed validation problems for ``horizon`` steps and the best weights
 are kept (early stopping); with ``average_decay`` an exponential moving average of the weights (Polyak averaging)
-is what is validated and kept, which smooths the swings of the raw weights between checks. With a ``curriculum`` of shorter horizons, episodes start at the first and move to the
-next each time validation has not improved for ``patience`` validations (Chen et al. 2020), up to ``horizon``. A
+is what is validated and kept, which smooths the swings of the raw weights between checks. With a ``curriculum`` of
+shorter horizons, episodes start at the first and move to the next each time validation has not improved for
+``patience`` validations (Chen et al. 2020), up to ``horizon``. A
 checkpoint is written atomically after every meta-iteration; ``--resume`` continues from it and gives the same
 result as an uninterrupted run (problems are drawn from (seed, iteration), so no RNG state is needed). Under
 ``torchrun --nproc-per-node N`` each process unrolls an equal share of the meta-batch and the meta-gradients are
@@ -38,10 +39,10 @@ from typing import IO, Any
 
 import torch
 
-from . import distributed
-from .evaluate import machine_description, parse_task_args
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from . import distributed
+from .evaluate import machine_description, parse_task_args
 from .network import CoordinatewiseLSTM, NetworkConfig
 from .tasks import Task, TaskError, make_task
 from .tasks.base import SPLIT_STRIDE, SPLITS
