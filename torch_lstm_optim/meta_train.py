@@ -530,7 +530,7 @@ Load it with `LSTMOptimizer(model.parameters(), weights="<this folder or name>")
 
 def averaging_note(config: dict[str, Any]) -> str:
     """The model card's note on what was kept when the weights were averaged (nothing without averaging)."""
-    decay = config.get("average_decay", 0.0)
+    decay = config["average_decay"]
     return f"; the weights kept are the moving average of the trained ones (decay {decay} per meta-update)" \
         if decay else ""
 
