@@ -71,6 +71,8 @@ def test_a_validation_loss_of_exactly_zero_scores_finitely() -> None:
     scores = validation_scores(finals, initial, "log_ratio")
     assert torch.isfinite(scores).all() and scores.tolist() == pytest.approx([math.log(1e-30), math.log(0.5)])
     assert torch.equal(validation_scores(finals, initial, "loss"), finals)
+    floored = validation_scores(finals, initial, "log_ratio", floor=0.6)
+    assert floored.tolist() == pytest.approx([math.log(0.6), math.log(0.6)])
 
 
 def test_meta_objectives() -> None:
@@ -82,6 +84,21 @@ def test_meta_objectives() -> None:
     assert float(meta_loss(long, "final")) == pytest.approx(float(long[-4:].log().mean()))
     with pytest.raises(ValueError, match="unknown meta-objective"):
         meta_loss(losses, "max")
+
+
+def test_a_log_floor_stops_problems_below_it_from_counting() -> None:
+    """--log-floor: a problem's losses below its floor count as the floor and send no meta-gradient; the others
+    count as before."""
+    losses = torch.tensor([[1e-8, 4.0], [1e-9, 2.0]], requires_grad=True)
+    floor = torch.tensor([1e-4, 1e-4])
+    for objective in ("log", "final"):
+        value = meta_loss(losses, objective, floor)
+        rows = losses[-1:] if objective == "final" else losses
+        expected = torch.stack([torch.full((len(rows),), math.log(1e-4)), rows[:, 1].log()], 1).mean()
+        assert float(value.detach()) == pytest.approx(float(expected.detach()))
+        (grad,) = torch.autograd.grad(value, losses)
+        assert (grad[:, 0] == 0).all() and (grad[-1, 1] != 0)
+    assert torch.equal(meta_loss(losses, "sum", floor), meta_loss(losses, "sum"))
 
 
 def test_meta_train_improves_and_writes_a_loadable_folder(tmp_path: Path) -> None:

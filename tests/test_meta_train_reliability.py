@@ -209,6 +209,8 @@ def test_too_many_diverging_unrolls_in_a_row_stop_with_the_best_weights_intact(
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--task-arg", "dim"], "--task-arg expects key=value, found 'dim'"),
     (["--average-decay", "1"], "--average-decay must be in [0, 1), found 1.0"),
+    (["--log-floor", "1", "--objective", "log"], "--log-floor must be in [0, 1), found 1.0"),
+    (["--log-floor", "1e-4"], "--log-floor needs a log objective: --objective log or final"),
 ])
 def test_bad_flags_stop_with_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                                            message: str) -> None:
@@ -269,7 +271,8 @@ def test_a_damaged_checkpoint_is_refused_and_left_as_it_is(tmp_path: Path, capsy
 
 @pytest.mark.parametrize("flags, field", [(["--hidden-size", "7"], "hidden_size"), (["--seed", "5"], "seed"),
                                           (["--meta-batch", "3"], "meta_batch"),
-                                          (["--average-decay", "0.9"], "average_decay")])
+                                          (["--average-decay", "0.9"], "average_decay"),
+                                          (["--objective", "log", "--log-floor", "1e-3"], "log_floor")])
 def test_resuming_with_other_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  flags: list[str], field: str) -> None:
     """The run would silently become another one; ``--iterations`` (and the like) may change, these may not."""

@@ -53,7 +53,7 @@ from .weights import WEIGHTS_FILE, WeightsError, load_network
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
 RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_rule", "init_lr", "horizon", "truncation",
                 "meta_batch", "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems", "val_metric",
-                "curriculum", "patience", "average_decay")
+                "curriculum", "patience", "average_decay", "log_floor")
 
 
 class DivergedError(RuntimeError):
@@ -97,6 +97,11 @@ class MetaTrainConfig:
     objective: str = field(default="sum", metadata={
         "help": "meta-objective: 'sum' (paper), 'log' (mean log loss) or 'final' (log loss of the last tenth of "
                 "each truncation)"})
+    log_floor: float = field(default=0.0, metadata={
+        "help": "if > 0 (e.g. 1e-4): with --objective log or final, a problem's loss counts as at least this "
+                "fraction of its loss at the start of the episode, and with --val-metric log_ratio its score as "
+                "at least log(this). A few problems driven far towards zero loss then stop outweighing the many "
+                "whose loss falls by a factor of 2 to 10 (a mixture's mean log ratio is otherwise decided by them)"})
     seed: int = field(default=0, metadata={
         "help": "seed of the network's init and of the problems sampled (not 1 or 2 for tasks without a data set: "
                 "their training problems would be val and test problems; the run warns)"})
@@ -173,6 +178,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
         parser.error(f"--val-split must be 'val' or 'train', found {config.val_split!r}")
     if config.objective not in ("sum", "log", "final"):
         parser.error(f"--objective must be 'sum', 'log' or 'final', found {config.objective!r}")
+    if not 0.0 <= config.log_floor < 1.0:
+        parser.error(f"--log-floor must be in [0, 1), found {config.log_floor}")
+    if config.log_floor and config.objective == "sum":
+        parser.error("--log-floor needs a log objective: --objective log or final")
     processes = distributed.launched_processes()
     if config.meta_batch % processes:
         parser.error(f"--meta-batch ({config.meta_batch}) must be a multiple of the number of processes "
@@ -213,11 +222,12 @@ def validation_seeds(config: MetaTrainConfig) -> range:
     return range(offset, offset + config.val_problems)
 
 
-def validation_scores(finals: torch.Tensor, initial: torch.Tensor, metric: str) -> torch.Tensor:
+def validation_scores(finals: torch.Tensor, initial: torch.Tensor, metric: str, floor: float = 0.0) -> torch.Tensor:
     """Per-problem validation scores: the final losses, or for ``"log_ratio"`` the log of final over initial loss,
-    floored at log(1e-30) (as the log meta-objectives floor the loss): a run that reaches a loss of exactly 0 would
-    otherwise score -inf, and the mean with it, and that checkpoint would stay the best whatever followed."""
-    return finals if metric == "loss" else (finals / initial).clamp_min(1e-30).log()
+    floored at log(``floor``) (``--log-floor``), and at least at log(1e-30) (as the log meta-objectives floor the
+    loss): a run that reaches a loss of exactly 0 would otherwise score -inf, and the mean with it, and that
+    checkpoint would stay the best whatever followed."""
+    return finals if metric == "loss" else (finals / initial).clamp_min(max(floor, 1e-30)).log()
 
 
 def validate(network: Networks, task: Task, config: MetaTrainConfig,
@@ -234,7 +244,7 @@ def validate(network: Networks, task: Task, config: MetaTrainConfig,
             advance(network, run, config.horizon, rule=rule)
             finals = run.final_losses()
         finite = bool(torch.isfinite(finals).all())
-        scores = validation_scores(finals, initial, config.val_metric)
+        scores = validation_scores(finals, initial, config.val_metric, config.log_floor)
     if not distributed.all_true(finite):
         return math.inf
     return float(distributed.mean(scores))
@@ -413,9 +423,11 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
             seeds = training_seeds(config, iteration)
             run = Unroll.start([task.sample(s, "train") for s in distributed.share(seeds)])
             horizon = horizons[progress["stage"]]
+            with torch.no_grad():  # the episode's first minibatch loss sets each problem's floor
+                floor = run.losses() * config.log_floor if config.log_floor else None
             episode = []
             for _ in range(horizon // config.truncation):
-                loss = meta_loss(advance(network, run, config.truncation, rule=rule), config.objective)
+                loss = meta_loss(advance(network, run, config.truncation, rule=rule), config.objective, floor)
                 overall = distributed.mean(loss.detach().reshape(1))  # non-finite if any process's loss is
                 if not torch.isfinite(overall):
                     break
@@ -546,6 +558,10 @@ def main(argv: list[str] | None = None) -> None:
     """The CLI. Bad flags, task, data, weights or checkpoint exit with code 2, a failed run (diverged, or an
     output folder that cannot be written) with 1: one ``error:`` line on stderr, no traceback."""
     config, network_config = parse_args(argv)
+    if not 0.0 <= config.log_floor < 1.0:
+        parser.error(f"--log-floor must be in [0, 1), found {config.log_floor}")
+    if config.log_floor and config.objective == "sum":
+        parser.error("--log-floor needs a log objective: --objective log or final")
     processes = distributed.launched_processes()
     launcher = "python -m" if processes == 1 else f"torchrun --nproc-per-node {processes} -m"  # for the card
     command = f"{launcher} torch_lstm_optim.meta_train " + shlex.join(argv if argv is not None else sys.argv[1:])

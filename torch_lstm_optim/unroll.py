@@ -121,7 +121,7 @@ def advance(network: Networks, run: Unroll, steps: int, lr: float = 1.0,
     return torch.stack(losses)
 
 
-def meta_loss(losses: Tensor, objective: str) -> Tensor:
+def meta_loss(losses: Tensor, objective: str, floor: Tensor | None = None) -> Tensor:
     """The meta-objective of a truncation's losses ``(steps, B)``.
 
     ``"sum"``: the paper's ``sum_t w_t f(theta_t)`` with ``w_t = 1``, averaged over problems.
@@ -129,11 +129,13 @@ def meta_loss(losses: Tensor, objective: str) -> Tensor:
     ``"final"``: the mean of ``log f`` over the last tenth of the window. With ``truncation == horizon`` this is
     the end-of-training loss that evaluation reports: the other two also reward fast early progress, which
     measurably traded away final loss on the MNIST MLP.
+    ``floor`` ``(B,)``: for the log objectives, each problem's loss counts as at least its floor (else 1e-30), so
+    that problems already driven far towards zero stop outweighing the rest (``--log-floor``).
     """
     if objective == "sum":
         return losses.sum(0).mean()
-    if objective == "log":
-        return losses.clamp_min(1e-30).log().mean()
+    if objective not in ("log", "final"):
+        raise ValueError(f"unknown meta-objective {objective!r}: use 'sum', 'log' or 'final'")
     if objective == "final":
-        return losses[-max(1, len(losses) // 10):].clamp_min(1e-30).log().mean()
-    raise ValueError(f"unknown meta-objective {objective!r}: use 'sum', 'log' or 'final'")
+        losses = losses[-max(1, len(losses) // 10):]
+    return (losses.clamp_min(1e-30) if floor is None else torch.maximum(losses, floor.clamp_min(1e-30))).log().mean()
