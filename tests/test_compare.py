@@ -44,9 +44,15 @@ def test_cli_writes_results_and_refuses_bad_input(tmp_path: Path, capsys: pytest
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(result["weights"]) == ["quadratic", str(tmp_path / "other")] and result["runs"] == 3
     assert "| `quadratic` |" in capsys.readouterr().out
+    main(["--task", "quadratic", "--task-arg", "dim=3", "--weights", "quadratic", "--weights", str(tmp_path / "other"),
+          "--steps", "4", "--runs", "2", "--first-seed", "1", "--threads", "1", "--out", str(tmp_path / "later")])
+    later = json.loads((tmp_path / "later" / "results.json").read_text())
+    assert later["weights"]["quadratic"]["scores"] == result["weights"]["quadratic"]["scores"][1:]
+    assert later["first_seed"] == 1
     for argv, code, message in (
             (["--weights", "quadratic"], 2, "give two or more different weights"),
-            (["--weights", "quadratic", "--weights", str(tmp_path / "missing")], 2, "error: unknown weights")):
+            (["--weights", "quadratic", "--weights", str(tmp_path / "missing")], 2, "error: unknown weights"),
+            (["--weights", "quadratic", "--weights", "mnist-mlp", "--first-seed", "-1"], 2, "--first-seed >= 0")):
         with pytest.raises(SystemExit) as stop:
             main(["--task", "quadratic", *argv, "--out", str(tmp_path / "bad")])
         assert stop.value.code == code and message in capsys.readouterr().err

@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", action="append", required=True,
                         help="bundled name, folder or hub id (repeat: two or more; the first is the reference)")
     parser.add_argument("--steps", type=int, default=100, help="optimisation steps per problem")
-    parser.add_argument("--runs", type=int, default=48, help="problems (test split seeds 0 .. runs-1)")
+    parser.add_argument("--runs", type=int, default=48, help="problems (test split seeds FIRST .. FIRST+runs-1)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first problem's seed: a choice made on seeds 0-47 is confirmed on fresh ones")
     parser.add_argument("--metric", choices=("log_ratio", "loss"), default="log_ratio",
                         help="score per problem: log of final over initial loss, or final loss")
     parser.add_argument("--out", required=True, help="output folder for results.json")
@@ -94,19 +96,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if len(args.weights) < 2 or len(set(args.weights)) != len(args.weights):
         parser.error(f"--weights: give two or more different weights, found {args.weights}")
-    if args.steps < 1 or args.runs < 1:
-        parser.error("--steps and --runs must be >= 1")
+    if args.steps < 1 or args.runs < 1 or args.first_seed < 0:
+        parser.error("--steps and --runs must be >= 1, --first-seed >= 0")
     torch.set_num_threads(args.threads)
     try:
         task = make_task(args.task, data_dir=args.data_dir, splits=("test",), **parse_task_args(args.task_arg))
         networks = {w: load_network(w) for w in args.weights}
-        problems = [task.sample(seed, "test") for seed in range(args.runs)]
+        problems = [task.sample(seed, "test") for seed in range(args.first_seed, args.first_seed + args.runs)]
     except (TaskError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     start = time.time()
     result = compare(networks, problems, args.steps, args.metric)
-    result.update(task=args.task, task_arg=args.task_arg, wall_seconds=round(time.time() - start, 1),
+    result.update(task=args.task, task_arg=args.task_arg, first_seed=args.first_seed, wall_seconds=round(time.time() - start, 1),
                   machine=machine_description(), command="python -m torch_lstm_optim.compare " + shlex.join(argv))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
