@@ -178,6 +178,22 @@ def test_with_average_decay_the_moving_average_of_the_weights_is_validated_and_k
     assert all(torch.equal(kept[name], value) for name, value in network.state_dict().items())
 
 
+def test_keep_checks_writes_the_weights_of_every_validation(tmp_path: Path) -> None:
+    """--keep-checks: checks/iteration-N for N = 0 and every validation, each the weights validated then (with
+    averaging, the average: its last equals the checkpoint's); the best of them is the folder's own weights."""
+    out = tmp_path / "run"
+    meta_train_main(["--task", "quadratic", "--iterations", "4", "--meta-batch", "2", "--eval-every", "2",
+                     "--horizon", "4", "--truncation", "2", "--val-problems", "2", "--threads", "1", "--no-compile",
+                     "--hidden-size", "4", "--average-decay", "0.5", "--keep-checks", "--out", str(out)])
+    assert sorted(p.name for p in (out / "checks").iterdir()) == ["iteration-0", "iteration-2", "iteration-4"]
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    last = load_network(out / "checks" / "iteration-4").state_dict()
+    assert all(torch.equal(value, checkpoint["averaged"]["module." + name]) for name, value in last.items())
+    best = out / "checks" / f"iteration-{checkpoint['progress']['best_iteration']}"
+    for name in ("config.json", "model.safetensors"):
+        assert (best / name).read_bytes() == (out / name).read_bytes()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--curriculum", "4", "2"], "--curriculum must increase and stay below --horizon"),
     (["--curriculum", "3"], "--curriculum (3) must be a multiple of --truncation (2)"),

@@ -106,6 +106,9 @@ class MetaTrainConfig:
         "help": "seed of the network's init and of the problems sampled (not 1 or 2 for tasks without a data set: "
                 "their training problems would be val and test problems; the run warns)"})
     eval_every: int = field(default=10, metadata={"help": "iterations between validations"})
+    keep_checks: bool = field(default=False, metadata={
+        "help": "also write the weights of every validation to OUT/checks/iteration-N, so that a choice can be "
+                "made later on more problems than validation uses (python -m torch_lstm_optim.compare)"})
     val_problems: int = field(default=16, metadata={"help": "validation problems"})
     val_metric: str = field(default="loss", metadata={
         "help": "validation score: 'loss' (mean final loss) or 'log_ratio' (mean log of final over initial loss: "
@@ -400,6 +403,12 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
             for folder, net in weight_folders(candidate, out).items():
                 save_weights(net, folder)
 
+    def keep_check(iteration: int) -> None:
+        if writer and config.keep_checks:
+            for folder, net in weight_folders(candidate, out / "checks" / f"iteration-{iteration}").items():
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                save_weights(net, folder)
+
     def save_checkpoint() -> None:
         if writer:
             atomic_save({"network": network.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
@@ -411,6 +420,7 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     if progress["best_iteration"] < 0:  # a fresh run: the starting network is the first candidate
         progress["best_val"], progress["best_iteration"] = validate(candidate, task, config, candidate_rule), 0
         save_best()
+        keep_check(0)
         log.write(json.dumps({"iteration": 0, "elapsed": 0.0, "skipped": 0, "val": progress["best_val"]}) + "\n")
 
     from tqdm import tqdm
@@ -463,6 +473,7 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
                 candidate.eval()
                 record["val"] = validate(candidate, task, config, candidate_rule)
                 candidate.train()
+                keep_check(iteration + 1)
                 progress["since_best"] += 1
                 if record["val"] < progress["best_val"]:
                     progress["best_val"], progress["best_iteration"] = record["val"], iteration + 1
