@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     start = time.time()
     result = compare(networks, problems, args.steps, args.metric)
-    result.update(task=args.task, task_arg=args.task_arg, first_seed=args.first_seed, wall_seconds=round(time.time() - start, 1),
-                  machine=machine_description(), command="python -m torch_lstm_optim.compare " + shlex.join(argv))
+    result.update(task=args.task, task_arg=args.task_arg, first_seed=args.first_seed,
+                  wall_seconds=round(time.time() - start, 1), machine=machine_description(),
+                  command="python -m torch_lstm_optim.compare " + shlex.join(argv))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json.tmp").write_text(json.dumps(result, indent=1))
