@@ -569,10 +569,6 @@ def main(argv: list[str] | None = None) -> None:
     """The CLI. Bad flags, task, data, weights or checkpoint exit with code 2, a failed run (diverged, or an
     output folder that cannot be written) with 1: one ``error:`` line on stderr, no traceback."""
     config, network_config = parse_args(argv)
-    if not 0.0 <= config.log_floor < 1.0:
-        parser.error(f"--log-floor must be in [0, 1), found {config.log_floor}")
-    if config.log_floor and config.objective == "sum":
-        parser.error("--log-floor needs a log objective: --objective log or final")
     processes = distributed.launched_processes()
     launcher = "python -m" if processes == 1 else f"torchrun --nproc-per-node {processes} -m"  # for the card
     command = f"{launcher} torch_lstm_optim.meta_train " + shlex.join(argv if argv is not None else sys.argv[1:])
