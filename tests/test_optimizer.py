@@ -214,6 +214,27 @@ def test_parameter_dtypes_keep_their_dtype_and_a_float32_state(network: Coordina
     assert_close_all(params, reference(network, make_params(dtype), grads, [1.0, 1.0]))
 
 
+def test_complex_parameters_step_as_their_real_and_imaginary_parts(any_network: CoordinatewiseLSTM) -> None:
+    """As in torch's own optimizers: a complex parameter is the real parameter ``view_as_real(p)``, never truncated."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(3, 2, dtype=torch.complex64, generator=generator)
+    complex_param, real_param = nn.Parameter(values.clone()), nn.Parameter(torch.view_as_real(values).clone())
+    complex_opt = LSTMOptimizer([complex_param], any_network, lr=0.5, weight_decay=0.1)
+    real_opt = LSTMOptimizer([real_param], any_network, lr=0.5, weight_decay=0.1)
+    for _ in range(3):
+        grad = torch.randn(3, 2, dtype=torch.complex64, generator=generator)
+        complex_param.grad, real_param.grad = grad.clone(), torch.view_as_real(grad).clone()
+        complex_opt.step()
+        real_opt.step()
+    assert complex_param.dtype == torch.complex64
+    assert torch.equal(torch.view_as_real(complex_param.detach()), real_param.detach())
+    assert not torch.equal(complex_param.detach().imag, values.imag)
+    for name in state_names(any_network.config):
+        assert torch.equal(complex_opt.state[complex_param][name], real_opt.state[real_param][name]), name
+    restored = LSTMOptimizer([nn.Parameter(complex_param.detach().clone())], any_network)
+    restored.load_state_dict(roundtrip(complex_opt.state_dict()))
+
+
 def test_state_dtype_argument_sets_the_state_dtype(network: CoordinatewiseLSTM) -> None:
     params = make_params(torch.bfloat16)
     optimizer = LSTMOptimizer(params, network, state_dtype=torch.float64)

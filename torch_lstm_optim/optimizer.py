@@ -6,6 +6,8 @@ one LSTM for the convolutions, one for the rest). All coordinates of a step that
 (every parameter of every group using it, whatever the group's ``lr``, ``weight_decay`` or ``maximize``) are
 flattened into one batch and fed to that network in chunks of at most ``chunk_size`` coordinates, so the transient
 memory of a step is bounded by the chunk, not by the model; each other network gets its own calls.
+A complex parameter is stepped as torch's own optimizers step it: as the real parameter of its real and imaginary
+parts (``torch.view_as_real``), each a coordinate with its own state.
 """
 
 from __future__ import annotations
@@ -189,6 +191,9 @@ class LSTMOptimizer(Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError(f"LSTMOptimizer does not support sparse gradients (parameter of shape "
                                        f"{tuple(p.shape)}); use a dense embedding or another optimizer for it")
+                if p.is_complex() and isinstance(p, DTensor):
+                    raise RuntimeError(f"LSTMOptimizer does not support complex sharded (DTensor) parameters "
+                                       f"(parameter of shape {tuple(p.shape)}); shard its torch.view_as_real instead")
         if self.nonfinite == "raise":
             self._check_finite(groups)
         # One batch per (network, device): groups sharing a network are stepped together.
@@ -223,8 +228,8 @@ class LSTMOptimizer(Optimizer):
         rule, network = self._rule_on(network, device), self._network_on(network, device)
         segments, copies = [], []
         for group, p in members:
-            local = _local(p)
-            grad = _local(p.grad).reshape(-1)
+            local = _real(_local(p))
+            grad = _real(_local(p.grad)).reshape(-1)
             if group["maximize"]:
                 grad = -grad
             if group["weight_decay"]:
@@ -363,8 +368,9 @@ def _check_entry(saved: dict[str, Any], p: Tensor, names: set[str], hidden_size:
         raise StateDictError(f"{where} has keys {sorted(saved)}, expected {sorted(names | {'step'})}")
     if not isinstance(saved["step"], int) or saved["step"] < 0:
         raise StateDictError(f"{where} has step {saved['step']!r}, expected an int >= 0")
-    # A DTensor parameter's state has the parameter's shape (see _sharded_like), a plain one's is flat.
-    coordinates = tuple(p.shape) if isinstance(p, DTensor) else (p.numel(),)
+    # A DTensor parameter's state has the parameter's shape (see _sharded_like), a plain one's is flat (two
+    # coordinates per complex entry).
+    coordinates = tuple(p.shape) if isinstance(p, DTensor) else (_real(p).numel(),)
     for k in sorted(names):
         v = saved[k]
         shape = (*coordinates, hidden_size) if k[0] in "hc" else coordinates
@@ -409,6 +415,11 @@ def _chunks(segments: list[_Segment], size: int) -> Iterable[list[_Segment]]:
 
 def _cat(tensors: list[Tensor]) -> Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _real(tensor: Tensor) -> Tensor:
+    """A complex tensor as a real view with a trailing dimension of 2 (writes reach it), a real one as itself."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 def _local(tensor: Tensor) -> Tensor:
