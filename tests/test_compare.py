@@ -52,7 +52,11 @@ def test_cli_writes_results_and_refuses_bad_input(tmp_path: Path, capsys: pytest
     for argv, code, message in (
             (["--weights", "quadratic"], 2, "give two or more different weights"),
             (["--weights", "quadratic", "--weights", str(tmp_path / "missing")], 2, "error: unknown weights"),
-            (["--weights", "quadratic", "--weights", "mnist-mlp", "--first-seed", "-1"], 2, "--first-seed >= 0")):
+            (["--weights", "quadratic", "--weights", "mnist-mlp", "--first-seed", "-1"], 2, "--first-seed in [0, "),
+            (["--weights", "quadratic", "--weights", "mnist-mlp", "--first-seed", str(2**70)], 2, "--first-seed in [0"),
+            (["--weights", "quadratic", "--weights", "mnist-mlp", "--threads", "0"], 2, "--threads must be >= 1"),
+            (["--weights", "quadratic", "--weights", "mnist-mlp", "--task-arg", "name=x"], 2,
+             "--task-arg name: not a task option")):
         with pytest.raises(SystemExit) as stop:
             main(["--task", "quadratic", *argv, "--out", str(tmp_path / "bad")])
         assert stop.value.code == code and message in capsys.readouterr().err

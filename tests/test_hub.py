@@ -374,3 +374,25 @@ def test_cli_push(hub: FakeHub, trained_folder: Path, capsys: pytest.CaptureFixt
     assert commit in capsys.readouterr().out
     assert main(["push", str(trained_folder / "missing"), "org/cli"]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("repo_id", ["bad id!!", "no-org"])
+def test_push_refuses_an_invalid_repo_id_before_any_request_or_write(hub: FakeHub, trained_folder: Path,
+                                                                     repo_id: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    card = (trained_folder / "README.md").read_bytes()
+    assert main(["push", str(trained_folder), repo_id]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {repo_id!r} is not a valid hub repo id")
+    assert hub.requests == [] and (trained_folder / "README.md").read_bytes() == card
+
+
+def test_a_push_to_an_unreachable_hub_is_one_error_line_and_leaves_the_card(
+        hub: FakeHub, trained_folder: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.stop()
+    monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda seconds: None)  # skip the retry back-off
+    card = (trained_folder / "README.md").read_bytes()
+    assert main(["push", str(trained_folder), "org/cli"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: pushing {trained_folder} to org/cli failed (") and "Traceback" not in err
+    assert (trained_folder / "README.md").read_bytes() == card

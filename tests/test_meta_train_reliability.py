@@ -211,6 +211,18 @@ def test_too_many_diverging_unrolls_in_a_row_stop_with_the_best_weights_intact(
     (["--average-decay", "1"], "--average-decay must be in [0, 1), found 1.0"),
     (["--log-floor", "1", "--objective", "log"], "--log-floor must be in [0, 1), found 1.0"),
     (["--log-floor", "1e-4"], "--log-floor needs a log objective: --objective log or final"),
+    (["--meta-lr", "-1"], "--meta-lr must be a finite number >= 0, found -1.0"),
+    (["--meta-lr", "inf"], "--meta-lr must be a finite number >= 0, found inf"),
+    (["--head-lr", "nan"], "--head-lr must be a finite number >= 0, found nan"),
+    (["--clip", "nan"], "--clip must be a finite number > 0, found nan"),
+    (["--clip", "0"], "--clip must be a finite number > 0, found 0.0"),
+    (["--init-lr", "nan"], "--init-lr must be a finite number > 0, found nan"),
+    (["--seed", str(2**70)], "--seed must be in [0, 2147483648)"),
+    (["--max-nonfinite", "0"], "--max-nonfinite >= 1"),
+    (["--init-rule", "foo"], "--init-rule must be 'adam' or 'nag', found 'foo'"),
+    (["--out", ""], "--out must name a folder"),
+    (["--task-arg", "name=x"], "--task-arg name: not a task option"),
+    (["--push-to-hub", "not a valid id!!"], "--push-to-hub: 'not a valid id!!' is not a valid hub repo id"),
 ])
 def test_bad_flags_stop_with_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                                            message: str) -> None:
@@ -292,3 +304,71 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: Path, capsys
     code, err = failing(capsys, out, "--iterations", "4")
     assert code == 2 and err.startswith(f"error: {out / 'checkpoint.pt'}: {out} holds a run already; pass --resume")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("files", [["config.json", "model.safetensors", "README.md"], ["log.jsonl"]],
+                         ids=["weights", "log"])
+@pytest.mark.parametrize("resume", [[], ["--resume"]], ids=["new", "resume"])
+def test_a_folder_with_files_but_no_checkpoint_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          files: list[str], resume: list[str]) -> None:
+    """A folder of weights (say, a copy of bundled ones) is not a run: --resume continues a checkpoint, never
+    adopts a folder, and a new run does not write over files it did not make."""
+    out = tmp_path / "weights"
+    make_network_folder(out)
+    (out / "log.jsonl").write_text("kept\n")
+    for name in {"config.json", "model.safetensors", "README.md", "log.jsonl"} - set(files):
+        (out / name).unlink(missing_ok=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = failing(capsys, out, *resume)
+    assert code == 2 and err.startswith(f"error: --out {out} holds ") and "no checkpoint.pt" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_init_weights_are_never_the_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "weights"
+    make_network_folder(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = failing(capsys, out, "--init-weights", str(out))
+    assert code == 2 and "is the --init-weights folder" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_log_that_is_not_the_meta_trainers_is_named_not_parsed_into_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    meta_train(out, "--iterations", "2")
+    (out / "log.jsonl").write_text('{"iteration": 0}\nnot json\n')
+    code, err = failing(capsys, out, "--iterations", "4", "--resume")
+    assert code == 2 and f"{out / 'log.jsonl'}: line 2 is not a record of this meta-trainer's log" in err, err
+    assert (out / "log.jsonl").read_text() == '{"iteration": 0}\nnot json\n'
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL at a chosen moment of an in-process run."""
+
+
+def test_every_folder_a_run_wrote_to_holds_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint comes first, so a run stopped before its first validation ends still resumes with --resume."""
+    import torch_lstm_optim.meta_train as meta_train_module
+
+    out, validate = tmp_path / "run", meta_train_module.validate
+
+    def killed(*args: Any, **kwargs: Any) -> float:
+        assert (out / "checkpoint.pt").exists() and not (out / "model.safetensors").exists()
+        raise Killed
+
+    monkeypatch.setattr(meta_train_module, "validate", killed)
+    with pytest.raises(Killed):
+        meta_train(out, "--iterations", "2")
+    monkeypatch.setattr(meta_train_module, "validate", validate)
+    meta_train(out, "--iterations", "2", "--resume")
+    meta_train(tmp_path / "reference", "--iterations", "2")
+    assert records(out) == records(tmp_path / "reference")
+
+
+def make_network_folder(folder: Path) -> None:
+    """A weights folder as a user keeps one: config, weights and a card, not made by a run in this folder."""
+    from conftest import make_network
+
+    make_network().save_pretrained(folder)
+    (folder / "README.md").write_text("my card\n")

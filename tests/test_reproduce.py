@@ -46,10 +46,22 @@ def test_quick_run_writes_every_row_a_plot_per_experiment_and_a_table(tmp_path: 
     assert "| MNIST MLP, ReLU (Fig. 5 right) | 10 |" in table and "not run: no CIFAR-10 data" in table
     assert table.count("\n| ") == len(reproduce.EXPERIMENTS)  # the header starts the table
 
-    # A rerun with the same settings reuses what is done (an interrupted run resumes).
+    # A rerun with the same settings reuses what is done (an interrupted run resumes); --only keeps the other rows.
     reproduce.main(["--out", str(out), "--quick", "--data-dir", str(data), "--only", "mnist-mlp"])
     assert "mnist-mlp: done before, reused" in capsys.readouterr().err
-    assert [row["key"] for row in json.loads((out / "results.json").read_text())["experiments"]] == ["mnist-mlp"]
+    assert json.loads((out / "results.json").read_text())["experiments"] == summary["experiments"]
+
+    # A run with other settings never replaces these results, unless asked to.
+    full = {**summary, "quick": False, "command": "python -m torch_lstm_optim.reproduce --out elsewhere"}
+    (out / "results.json").write_text(json.dumps(full))
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--out", str(out), "--quick", "--data-dir", str(data), "--only", "mnist-mlp"])
+    assert stop.value.code == 2 and "holds the results of another command" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text()) == full
+    reproduce.main(["--out", str(out), "--quick", "--data-dir", str(data), "--only", "mnist-mlp", "--overwrite"])
+    again = json.loads((out / "results.json").read_text())
+    assert again["quick"] and [row["key"] for row in again["experiments"]] == ["mnist-mlp"]
+    assert "--overwrite" not in again["command"]
 
     # Once the bundled name holds other weights (a new release), the cached result no longer stands for it.
     cached = json.loads((out / "mnist-mlp.json").read_text())

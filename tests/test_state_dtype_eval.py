@@ -64,12 +64,12 @@ def test_baseline_lrs_are_used_instead_of_tuning(weights_folder: Path, tmp_path:
 
     # The model card says which learning rates were tuned and which were fixed.
     evaluate_main([*TINY, "--weights", str(weights_folder), "--baseline-lrs", "adam=0.5", "--update-card", "--out",
-                   str(out)])
+                   str(tmp_path / "card")])
     card = (weights_folder / "README.md").read_text()
     assert "learning rates of sgd, nag, rmsprop tuned on 1 `val` problems" in card
     assert "of adam fixed by `--baseline-lrs`" in card
     lrs = [f"--baseline-lrs={name}=0.1" for name in ("sgd", "nag", "rmsprop", "adam")]
-    evaluate_main([*TINY, "--weights", str(weights_folder), *lrs, "--update-card", "--out", str(out)])
+    evaluate_main([*TINY, "--weights", str(weights_folder), *lrs, "--update-card", "--out", str(tmp_path / "fixed")])
     assert "baselines' learning rates fixed by `--baseline-lrs` (not tuned in this run)" in (
         weights_folder / "README.md").read_text()
 
@@ -80,6 +80,7 @@ def test_baseline_lrs_are_used_instead_of_tuning(weights_folder: Path, tmp_path:
     (["--baseline-lrs", "adam=fast"], "error: --baseline-lrs 'adam=fast': the learning rate must be"),
     (["--baseline-lrs", "adam=-1"], "error: --baseline-lrs 'adam=-1': the learning rate must be"),
     (["--baseline-lrs", "adam=nan"], "error: --baseline-lrs 'adam=nan': the learning rate must be"),
+    (["--baseline-lrs", "adam=1e300"], "error: --baseline-lrs 'adam=1e300': the learning rate must be"),
     (["--baseline-lrs", "adam=1", "--baseline-lrs", "adam=2"], "error: --baseline-lrs names 'adam' twice"),
 ])
 def test_bad_baseline_lrs_give_one_error_line(bad: list[str], message: str, tmp_path: Path,

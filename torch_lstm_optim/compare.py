@@ -15,9 +15,7 @@ weights with weights; ``evaluate`` compares them with tuned baselines.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,8 @@ from torch import Tensor
 from .evaluate import machine_description, parse_task_args
 from .meta_train import validation_scores
 from .network import CoordinatewiseLSTM
-from .tasks import Problem, TaskError, make_task
+from .outputs import check_out, command_line, write_json
+from .tasks import MAX_SEED, Problem, TaskError, make_task
 from .unroll import Unroll, advance
 from .weights import WeightsError, load_network
 
@@ -93,28 +92,30 @@ def main(argv: list[str] | None = None) -> None:
                         help="score per problem: log of final over initial loss, or final loss")
     parser.add_argument("--out", required=True, help="output folder for results.json")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a results.json in --out made by another command (refused otherwise)")
     args = parser.parse_args(argv)
     if len(args.weights) < 2 or len(set(args.weights)) != len(args.weights):
         parser.error(f"--weights: give two or more different weights, found {args.weights}")
-    if args.steps < 1 or args.runs < 1 or args.first_seed < 0:
-        parser.error("--steps and --runs must be >= 1, --first-seed >= 0")
+    if args.steps < 1 or args.runs < 1 or args.threads < 1 or not 0 <= args.first_seed < MAX_SEED:
+        parser.error(f"--steps, --runs and --threads must be >= 1, --first-seed in [0, {MAX_SEED})")
     torch.set_num_threads(args.threads)
+    command = command_line("compare", argv)
     try:
+        check_out(Path(args.out), command, args.overwrite)
         task = make_task(args.task, data_dir=args.data_dir, splits=("test",), **parse_task_args(args.task_arg))
         networks = {w: load_network(w) for w in args.weights}
         problems = [task.sample(seed, "test") for seed in range(args.first_seed, args.first_seed + args.runs)]
-    except (TaskError, WeightsError) as error:
+    except (ValueError, TaskError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     start = time.time()
     result = compare(networks, problems, args.steps, args.metric)
     result.update(task=args.task, task_arg=args.task_arg, first_seed=args.first_seed,
-                  wall_seconds=round(time.time() - start, 1), machine=machine_description(),
-                  command="python -m torch_lstm_optim.compare " + shlex.join(argv))
+                  wall_seconds=round(time.time() - start, 1), machine=machine_description(), command=command)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json.tmp").write_text(json.dumps(result, indent=1))
-    (out / "results.json.tmp").replace(out / "results.json")
+    write_json(out / "results.json", result)
     print(table(result))
     print(f"wall time {result['wall_seconds']:.0f} s")
 

@@ -10,10 +10,8 @@ learned optimizer runs untuned at ``lr=1``. Writes ``results.json`` and a plot l
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +24,7 @@ from torch import Tensor
 
 from .network import CoordinatewiseLSTM
 from .optimizer import LSTMOptimizer
+from .outputs import check_out, command_line, write_json
 from .tasks import Problem, Task, TaskError, make_task
 from .unroll import Networks, param_labels
 from .weights import WeightsError, load_network
@@ -40,6 +39,7 @@ BASELINES: dict[str, OptimizerFactory] = {
 }
 PAPER_BASELINES = ("sgd", "nag", "rmsprop", "adam")  # what the paper compares with: evaluate()'s default
 LR_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 3))  # 1e-4 ... 10, half-decade steps
+MAX_LR = 1e6  # the largest learning rate a baseline may be given: far above the grid, finite in float32
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --state-dtype: the learned optimizer's state
 
 
@@ -245,18 +245,21 @@ def _mean(values: list[float]) -> float:
 
 
 def parse_task_args(items: list[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` -> dict, values read as Python literals where they parse (``hidden=(40,40)``)."""
+    """``["key=value", ...]`` -> dict, values read as Python literals where they parse (``hidden=(40,40)``), ``nan``
+    and ``inf`` as floats (for the task to refuse by name); ValueError names a malformed item or a reserved key."""
     import ast
 
-    options = {}
+    options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--task-arg expects key=value, found {item!r}")
+        if not sep or not key:
+            raise ValueError(f"--task-arg expects key=value, found {item!r}")
+        if key in ("name", "data_dir", "splits"):
+            raise ValueError(f"--task-arg {key}: not a task option" + (" (use --data-dir)" if key == "data_dir" else ""))
         try:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            options[key] = value
+            options[key] = float(value) if value.strip().lower().lstrip("+-") in ("nan", "inf") else value
     return options
 
 
@@ -289,37 +292,38 @@ def main(argv: list[str] | None = None) -> None:
                         "(its flags: python -m torch_lstm_optim.evaluate --suite generalization --help)")
     parser.add_argument("--update-card", action="store_true",
                         help="write the table into the model card (README.md) of the --weights folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a results.json in --out made by another command (refused otherwise)")
     args = parser.parse_args(argv)
+    if min(args.steps, args.runs, args.tune_runs, args.threads) < 1 or args.runs < 2:
+        parser.error(f"--steps, --tune-runs and --threads must be >= 1 and --runs >= 2 (standard errors), found "
+                     f"{args.steps}, {args.tune_runs}, {args.threads} and {args.runs}")
     torch.set_num_threads(args.threads)
-    options = parse_task_args(args.task_arg)
+    command = command_line("evaluate", argv)
     try:
+        options = parse_task_args(args.task_arg)
         lrs = parse_baseline_lrs(args.baseline_lrs)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
         task = make_task(args.task, data_dir=args.data_dir, splits=("val", "test"), **options)
         network = load_weights_arg(args.weights)
         if not isinstance(network, CoordinatewiseLSTM):
             param_labels([task.sample(0, "test")], network)  # every parameter has its class's network
-            if args.update_card:
-                raise WeightsError("--update-card needs one --weights folder, not one per class")
-    except (TaskError, WeightsError) as error:
+        check_out(Path(args.out), command, args.overwrite)
+        if args.update_card:
+            card_folder(args.weights)
+    except (ValueError, TaskError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     start = time.time()
     result = evaluate(task, network, args.steps, args.runs, args.tune_runs, lrs=lrs,
                       state_dtype=STATE_DTYPES[args.state_dtype])
     result.update(weights=" ".join(args.weights) or "default", task_options=options, wall_seconds=time.time() - start,
-                  machine=machine_description(), command="python -m torch_lstm_optim.evaluate " + shlex.join(argv))
+                  machine=machine_description(), command=command)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out / "results.json")  # a killed run never leaves a half-written results.json
+    write_json(out / "results.json", result)
     plot(result, out / f"{task.name}.png")
     if args.update_card:
-        update_card(Path(network.source.folder), result)
+        update_card(card_folder(args.weights), result)
     print(table(result))
     print(f"ratio to best tuned baseline ({result['best_baseline']}): {result['ratio_to_best']:.3f}; "
           f"wall time {result['wall_seconds']:.0f} s")
@@ -339,10 +343,23 @@ def parse_baseline_lrs(items: list[str]) -> dict[str, float]:
             lr = float(value)
         except ValueError:
             lr = math.nan
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"--baseline-lrs {item!r}: the learning rate must be a finite number > 0")
+        if not 0 < lr <= MAX_LR:
+            raise ValueError(f"--baseline-lrs {item!r}: the learning rate must be a number in (0, {MAX_LR:g}]")
         lrs[name] = lr
     return lrs
+
+
+def card_folder(weights: list[str] | str | None) -> Path:
+    """The folder whose model card ``--update-card`` may write: ``--weights`` given as one existing folder path.
+
+    A bundled name or the default would edit the installed package's own card, a hub id the download cache.
+    """
+    values = [weights] if isinstance(weights, str) else list(weights or [])
+    if len(values) != 1 or "=" in values[0] or not Path(values[0]).is_dir():
+        raise ValueError(f"--update-card needs --weights as the path of one weights folder, whose README.md it "
+                         f"writes; found {values or 'the default'} (a bundled name would edit the installed "
+                         "package, a hub id the download cache)")
+    return Path(values[0])
 
 
 def load_weights_arg(values: list[str]) -> Networks:

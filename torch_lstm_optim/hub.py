@@ -27,6 +27,7 @@ from huggingface_hub.utils import (
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
+    validate_repo_id,
 )
 
 from .weights import CONFIG_FILE, WEIGHTS_FILE, WeightsError, WeightsSource, bundled_names, read_folder
@@ -112,6 +113,9 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
     """
     folder = Path(folder)
     network = read_folder(folder)
+    check_repo_id(repo_id)
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)  # the hub answers before the card is touched
     card = network.generate_model_card()
     card_path = folder / CARD_FILE
     if card_path.is_file():
@@ -121,10 +125,18 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
         card = existing
     if not card_path.is_file() or card_path.read_text(encoding="utf-8") != card.content:
         card.save(card_path)
-    api = HfApi(token=token)
-    repo = api.create_repo(repo_id, private=private, exist_ok=True)
     return api.upload_folder(repo_id=repo.repo_id, folder_path=folder, allow_patterns=list(PUSHED_FILES),
                              commit_message=commit_message, repo_type="model")
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Raise :class:`WeightsError` unless ``repo_id`` is a valid hub repo id (``org/name``); no request is made."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise WeightsError(f"{repo_id!r} is not a valid hub repo id (expected 'org/name'): {error}") from None
+    if "/" not in repo_id:
+        raise WeightsError(f"{repo_id!r} is not a valid hub repo id: expected 'org/name'")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,8 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commit = push_to_hub(args.folder, args.repo_id, token=args.token, private=args.private,
                              commit_message=args.commit_message)
-    except (WeightsError, HfHubHTTPError) as error:
+    except WeightsError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # the hub client's HTTP and transport errors share no base class with OSError
+        print(f"error: pushing {args.folder} to {args.repo_id} failed ({type(error).__name__}: {error})",
+              file=sys.stderr)
         return 1
     print(f"pushed {args.folder} to {args.repo_id}: {commit.commit_url} (pin it with revision={commit.oid!r})")
     return 0

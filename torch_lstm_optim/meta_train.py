@@ -26,16 +26,14 @@ import json
 import math
 import os
 import pickle
-import platform
 import shlex
 import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
@@ -43,8 +41,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import distributed
 from .evaluate import machine_description, parse_task_args
+from .hub import check_repo_id, push_to_hub
 from .network import CoordinatewiseLSTM, NetworkConfig
-from .tasks import Task, TaskError, make_task
+from .outputs import OutputError, atomic_write
+from .tasks import MAX_SEED, Task, TaskError, make_task
 from .tasks.base import SPLIT_STRIDE, SPLITS
 from .unroll import SINGLE, Networks, Rule, Unroll, advance, as_classes, meta_loss, param_labels
 from .weights import WEIGHTS_FILE, WeightsError, load_network
@@ -173,6 +173,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
     if len(set(config.param_classes)) != len(config.param_classes) or any(
             not c or "." in c or "/" in c for c in config.param_classes):
         parser.error(f"--param-classes must be distinct names without '.' or '/', found {config.param_classes}")
+    # A meta-learning rate of 0 freezes the weights (validation of fixed weights); clip and init-lr must be > 0.
+    for name, zero_ok in (("meta_lr", True), ("head_lr", True), ("clip", False), ("init_lr", False)):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+            parser.error(f"--{name.replace('_', '-')} must be a finite number {'>=' if zero_ok else '>'} 0, "
+                         f"found {value}")
+    if not 0 <= config.seed < MAX_SEED or config.max_nonfinite < 1:
+        parser.error(f"--seed must be in [0, {MAX_SEED}) and --max-nonfinite >= 1, found {config.seed} and "
+                     f"{config.max_nonfinite}")
+    if config.init_rule not in ("adam", "nag"):
+        parser.error(f"--init-rule must be 'adam' or 'nag', found {config.init_rule!r}")
+    if not config.out.strip():
+        parser.error("--out must name a folder")
+    if config.push_to_hub is not None:
+        try:
+            check_repo_id(config.push_to_hub)  # now, not after hours of training
+        except WeightsError as error:
+            parser.error(f"--push-to-hub: {error}")
     if not 0.0 <= config.average_decay < 1.0:
         parser.error(f"--average-decay must be in [0, 1), found {config.average_decay}")
     if config.val_metric not in ("loss", "log_ratio"):
@@ -189,9 +207,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
     if config.meta_batch % processes:
         parser.error(f"--meta-batch ({config.meta_batch}) must be a multiple of the number of processes "
                      f"({processes}): each process unrolls an equal share of the meta-batch")
-    malformed = [item for item in config.task_arg if "=" not in item]
-    if malformed:
-        parser.error(f"--task-arg expects key=value, found {malformed[0]!r}")
+    try:
+        parse_task_args(config.task_arg)
+    except ValueError as error:
+        parser.error(str(error))
     return config, network
 
 
@@ -253,16 +272,6 @@ def validate(network: Networks, task: Task, config: MetaTrainConfig,
     return float(distributed.mean(scores))
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """``write(handle)`` into a temporary file, fsync, then rename: a kill never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` through :func:`atomic_write`."""
     atomic_write(path, lambda handle: torch.save(obj, handle))
@@ -313,12 +322,38 @@ def resume_from(path: Path, config: MetaTrainConfig, network: torch.nn.Module, m
     return progress
 
 
+def check_run_folder(out: Path, config: MetaTrainConfig, resumed: bool) -> None:
+    """Refuse an ``--out`` whose files a run would overwrite without having made them: weights, a card or a log with
+    no checkpoint beside them (``--resume`` continues a checkpoint, never adopts a folder), or the folder that
+    ``--init-weights`` reads the starting weights from."""
+    if config.init_weights and Path(config.init_weights).resolve() == out.resolve():
+        raise OutputError(f"--out {out} is the --init-weights folder: the run would overwrite the weights it "
+                          "starts from; pass another --out")
+    if out.is_dir() and not resumed and not (out / "checkpoint.pt").exists():
+        written = {"config.json", "model.safetensors", "README.md", "log.jsonl", "checks", *config.param_classes}
+        found = sorted(p.name for p in out.iterdir() if p.name in written)
+        if found:
+            raise OutputError(f"--out {out} holds {', '.join(found)} but no checkpoint.pt of a run to resume: "
+                              "writing there would replace them; pass another --out")
+
+
 def trim_log(path: Path, iteration: int) -> None:
     """Keep the log's records up to ``iteration`` (the checkpoint's; -1 for a fresh run): the later ones are about
     to be run again."""
     if path.exists():
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if line.endswith("\n") and json.loads(line)["iteration"] <= iteration]
+        kept = []
+        for number, line in enumerate(lines, 1):
+            if not line.endswith("\n"):
+                continue  # the last record, cut short by a kill
+            try:
+                record = json.loads(line)
+                keep = record["iteration"] <= iteration
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise OutputError(f"{path}: line {number} is not a record of this meta-trainer's log; move the file "
+                                  "away, or pass another --out") from None
+            if keep:
+                kept.append(line)
         atomic_write(path, lambda handle: handle.write("".join(kept).encode("utf-8")))
 
 
@@ -367,7 +402,7 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     head = [p for net in weight_folders(network, out).values() for p in net.head.parameters()]
     meta_optimizer = torch.optim.Adam([
         {"params": [p for p in network.parameters() if all(p is not q for q in head)]},
-        {"params": head, "lr": config.head_lr or config.meta_lr}], lr=config.meta_lr)
+        {"params": head, "lr": config.meta_lr if config.head_lr is None else config.head_lr}], lr=config.meta_lr)
     rule = compiled_rule(network) if config.compile else None
     # What is validated and kept: the network itself, or the moving average of its weights.
     averaged = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.average_decay)) \
@@ -379,14 +414,28 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     horizons = [*config.curriculum, config.horizon]
     checkpoint_path = out / "checkpoint.pt"
     resumed = config.resume and checkpoint_path.exists()
+    check_run_folder(out, config, resumed)
+    parent = parent_record(load_network(config.init_weights)) if config.init_weights else None
     if resumed:
         progress = {**progress, **resume_from(checkpoint_path, config, network, meta_optimizer, averaged)}
     elif checkpoint_path.exists():
         raise CheckpointError(f"{checkpoint_path}: {out} holds a run already; pass --resume to continue it, or "
                               "another --out (nothing is overwritten)")
+    distributed.all_true(True)  # every process has looked at the folder before rank 0 writes into it
+
+    def save_checkpoint() -> None:
+        if writer:
+            atomic_save({"network": network.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
+                         "averaged": averaged.state_dict() if averaged is not None else None,
+                         "progress": progress, "config": asdict(config),
+                         "network_config": network_config_of(network).to_dict()},
+                        checkpoint_path)
+
     try:
         if writer:
             out.mkdir(parents=True, exist_ok=True)
+            if not resumed:
+                save_checkpoint()  # before any other file: every folder a run wrote to holds a checkpoint to resume
             trim_log(out / "log.jsonl", progress["iteration"] if resumed else -1)
         log = open(out / "log.jsonl" if writer else os.devnull, "a", encoding="utf-8")
     except OSError as error:
@@ -408,14 +457,6 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
             for folder, net in weight_folders(candidate, out / "checks" / f"iteration-{iteration}").items():
                 folder.parent.mkdir(parents=True, exist_ok=True)
                 save_weights(net, folder)
-
-    def save_checkpoint() -> None:
-        if writer:
-            atomic_save({"network": network.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
-                         "averaged": averaged.state_dict() if averaged is not None else None,
-                         "progress": progress, "config": asdict(config),
-                         "network_config": network_config_of(network).to_dict()},
-                        checkpoint_path)
 
     if progress["best_iteration"] < 0:  # a fresh run: the starting network is the first candidate
         progress["best_val"], progress["best_iteration"] = validate(candidate, task, config, candidate_rule), 0
@@ -499,7 +540,7 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
     summary = {**progress, "command": command, "config": asdict(config), "machine": machine_description(),
                "processes": distributed.world_size(),
                "wall_seconds": round(progress["elapsed"], 1),
-               "parent": parent_record(load_network(config.init_weights)) if config.init_weights else None}
+               "parent": parent}
     if writer:
         write_card(out, summary)
     return summary
@@ -581,10 +622,14 @@ def main(argv: list[str] | None = None) -> None:
               f"{summary['best_iteration']}; "
               f"weights in {config.out}")
         if config.push_to_hub:
-            from .hub import push_to_hub
-
-            push_to_hub(config.out, config.push_to_hub)
-    except (TaskError, WeightsError, CheckpointError, DivergedError, OSError) as error:
+            try:
+                push_to_hub(config.out, config.push_to_hub)
+            except Exception as error:  # the hub client's HTTP and transport errors share no base with OSError
+                print(f"error: pushing to {config.push_to_hub} failed ({type(error).__name__}: {error}); the "
+                      f"weights are in {config.out}: push them later with python -m torch_lstm_optim.hub push "
+                      f"{config.out} {config.push_to_hub}", file=sys.stderr)
+                raise SystemExit(1) from None
+    except (TaskError, WeightsError, CheckpointError, OutputError, DivergedError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1 if isinstance(error, (DivergedError, OSError)) else 2) from None
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from .evaluate import LR_GRID, evaluate, machine_description, plot
+from .outputs import OutputError, check_out, command_line, write_json
 from .tasks import TaskError, make_task
 from .weights import WeightsError, bundled_names, fingerprint, load_network
 
@@ -156,11 +156,17 @@ def held_text(row: dict[str, Any]) -> str:
     return "no: it beats them, better than the paper" if row["claim"] == "fails" else "no"
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically: a killed run never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+def _read_cached(path: Path) -> dict[str, Any] | None:
+    """An experiment's earlier result in ``path``, or None if there is none or it cannot be read (then it is run
+    again and the file replaced: it is this tool's own cache, inside an ``--out`` that :func:`check_out` let in)."""
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        print(f"{path}: unreadable ({type(error).__name__}); running the experiment again", file=sys.stderr)
+        return None
+    return cached if isinstance(cached, dict) and isinstance(cached.get("result", {}), dict) else None
 
 
 def reproduce(out: Path, data_dir: str, quick: bool = False, only: list[str] | None = None) -> list[dict[str, Any]]:
@@ -170,7 +176,7 @@ def reproduce(out: Path, data_dir: str, quick: bool = False, only: list[str] | N
     rows = []
     for i, experiment in enumerate(experiments, start=1):
         cached_path = out / f"{experiment.key}.json"
-        cached = json.loads(cached_path.read_text()) if cached_path.exists() else None
+        cached = _read_cached(cached_path)
         same = cached is not None and cached.get("status") == "run" and cached.get("experiment") == json.loads(
             json.dumps(asdict(experiment))) and cached.get("settings") == json.loads(
             json.dumps(settings(experiment, quick))) and cached["result"].get("weights_sha256") == bundled_fingerprint(
@@ -202,13 +208,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", action="append", choices=[e.key for e in EXPERIMENTS], default=None,
                         help="run only this experiment (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a results.json in --out made by another command (refused otherwise)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, found {args.threads}")
     torch.set_num_threads(args.threads)
     start = time.time()
     out = Path(args.out)
-    rows = reproduce(out, args.data_dir, args.quick, args.only)
-    summary = {"command": "python -m torch_lstm_optim.reproduce " + shlex.join(
-                   argv if argv is not None else sys.argv[1:]),
+    command = command_line("reproduce", argv)
+    try:  # another run of this tool with the same --quick adds to the folder's results; anything else is refused
+        check_out(out, command, args.overwrite, same=lambda previous: previous.get("quick") == args.quick and str(
+            previous.get("command", "")).startswith(command_line("reproduce", [])))
+    except OutputError as error:
+        parser.exit(2, f"error: {error}\n")
+    kept = {} if args.overwrite or not (out / "results.json").exists() else {
+        row["key"]: row for row in json.loads((out / "results.json").read_text(encoding="utf-8")).get("experiments", [])}
+    rows = {**kept, **{row["key"]: row for row in reproduce(out, args.data_dir, args.quick, args.only)}}
+    rows = [rows[e.key] for e in EXPERIMENTS if e.key in rows]  # the paper's order
+    summary = {"command": command,
                "machine": machine_description(), "quick": args.quick, "data_dir": args.data_dir,
                "wall_seconds": time.time() - start, "experiments": rows}
     write_json(out / "results.json", summary)

@@ -30,7 +30,6 @@ import argparse
 import inspect
 import json
 import math
-import shlex
 import statistics
 import sys
 import time
@@ -41,9 +40,10 @@ from typing import Any
 
 import torch
 
-from .evaluate import (BASELINES, LR_GRID, OptimizerFactory, evaluate, learned_optimizer, machine_description,
-                       run_optimizer, summarise, tune_lr, write_card_section)
+from .evaluate import (BASELINES, LR_GRID, MAX_LR, OptimizerFactory, card_folder, evaluate, learned_optimizer,
+                       machine_description, run_optimizer, summarise, tune_lr, write_card_section)
 from .network import CoordinatewiseLSTM
+from .outputs import check_out, command_line, write_json
 from .tasks import TaskError
 from .tasks.base import _check_problem
 from .tasks.heldout import FAMILY_OF, SUITE, why
@@ -83,6 +83,9 @@ class SuiteConfig:
     update_card: bool = field(default=False, metadata={
         "help": "write the table into the model card (README.md) of the --weights folder, under '## Generalization "
                 "suite'"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace a results.json in --out made by another command (refused otherwise; the same command "
+                "resumes it)"})
     baselines_from: str | None = field(default=None, metadata={
         "help": "a results.json of this suite run with other weights: take the baselines' results of its pairs with "
                 "the same settings from it and run only the learned optimizer (the baselines do not depend on the "
@@ -270,16 +273,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)  # a killed run never leaves a half-written file
-
-
 def suite_settings(config: SuiteConfig) -> dict[str, Any]:
     """What makes two runs' pairs comparable: the config without where it writes, its threads and its reuse."""
     settings = {k: v for k, v in asdict(config).items()
-                if k not in ("out", "threads", "baselines_from", "update_card")}
+                if k not in ("out", "threads", "baselines_from", "update_card", "overwrite")}
     return json.loads(json.dumps(settings))  # tuples as lists, as they come back from results.json
 
 
@@ -292,6 +289,8 @@ def reusable_pairs(config: SuiteConfig, settings: dict, skipped: dict) -> dict[t
         other = json.loads(Path(config.baselines_from).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"--baselines-from {config.baselines_from}: cannot be read ({error})") from None
+    if not isinstance(other, dict) or not isinstance(other.get("settings", {}), dict):
+        raise ValueError(f"--baselines-from {config.baselines_from}: not a suite's results.json")
     theirs = {k: v for k, v in other.get("settings", {}).items() if k not in ("weights", "problems")}
     ours = {k: v for k, v in settings.items() if k not in ("weights", "problems")}
     if theirs != ours or other.get("skipped") != skipped:
@@ -358,7 +357,7 @@ def parser() -> argparse.ArgumentParser:
              "threads": dict(type=int), "window": dict(type=int)}
     for f in SuiteConfig.__dataclass_fields__.values():
         flag = "--" + f.name.replace("_", "-")
-        if f.name in ("quick", "update_card"):
+        if f.name in ("quick", "update_card", "overwrite"):
             p.add_argument(flag, action="store_true", help=f.metadata["help"])
         elif f.name == "out":
             p.add_argument(flag, required=True, help=f.metadata["help"])
@@ -373,9 +372,10 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     """Flags -> config: unset flags take ``--quick``'s values, then the defaults; bad values raise ``ValueError``."""
     if args.suite is not None and args.suite not in SUITES:
         raise ValueError(f"unknown suite {args.suite!r}: use one of {sorted(SUITES)}")
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "update_card")}
+    flags = ("quick", "update_card", "overwrite")
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in flags}
     preset = {k: v for k, v in QUICK.items() if k not in given} if args.quick else {}
-    config = SuiteConfig(**{**preset, **given}, quick=args.quick, update_card=args.update_card)
+    config = SuiteConfig(**{**preset, **given}, **{k: getattr(args, k) for k in flags})
     config.problems = tuple(config.problems or SUITES[config.suite])
     unknown = [p for p in config.problems if p not in SUITES[config.suite]]
     if unknown:
@@ -390,6 +390,8 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
             config.window < 0:
         raise ValueError("--horizons, --tune-seeds, --seeds and --threads must be >= 1, --window >= 0 and --grid "
                          "non-empty")
+    if not all(0 < lr <= MAX_LR for lr in config.grid):
+        raise ValueError(f"--grid: learning rates must be numbers in (0, {MAX_LR:g}], found {list(config.grid)}")
     if config.seeds < 2:
         raise ValueError(f"--seeds must be >= 2 (standard errors), found {config.seeds}")
     return config
@@ -398,8 +400,12 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    command = command_line("evaluate", argv)
     try:
         config = config_from_args(args)
+        check_out(Path(config.out), command, config.overwrite)
+        if config.update_card:
+            card_folder(config.weights)
         torch.set_num_threads(config.threads)
         network = load_network(config.weights)
         reusable_pairs(config, suite_settings(config), untuned_baselines()[2])  # a bad --baselines-from: now
@@ -409,9 +415,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ValueError, TaskError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    result = run_suite(config, network, "python -m torch_lstm_optim.evaluate " + shlex.join(argv))
+    result = run_suite(config, network, command)
     if config.update_card:
-        write_card_section(Path(network.source.folder), "## Generalization suite",
+        write_card_section(card_folder(config.weights), "## Generalization suite",
                            f"Measured with `{result['command']}` on {result['machine']} in "
                            f"{result['wall_seconds'] / 60:.0f} min.\n\n{table(result)}")
     print(table(result))

@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .base import (Forward, Params, Problem, SeedSplits, Task, TaskError, check_task, module_problem, split_seed,
+from .base import (MAX_SEED, Forward, Params, Problem, SeedSplits, Task, TaskError, check_task, module_problem, split_seed,
                    step_generator)
 from .cifar import Cifar10Conv
 from .generated import LinearModel, TestFunction
@@ -23,7 +23,7 @@ TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": Mn
                                          "cifar10-conv": Cifar10Conv, "teacher": Teacher, "linear-model": LinearModel,
                                          "test-function": TestFunction, "mixture": Mixture}
 
-__all__ = ["Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task", "make_task",
+__all__ = ["MAX_SEED", "Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task", "make_task",
            "module_problem", "split_seed", "step_generator"]
 
 

@@ -64,6 +64,7 @@ Params = dict[str, Tensor]
 Forward = Callable[[Tensor], Tensor]
 SPLITS = ("train", "val", "test")
 SPLIT_STRIDE = 10_000_000  # split_seed keeps splits apart for seeds below this
+MAX_SEED = 2**31  # command-line seeds below this keep every derived generator seed inside torch's int64
 
 
 @dataclass
