@@ -13,6 +13,7 @@ from torch_lstm_optim.compare import compare, main, scores
 from torch_lstm_optim.meta_train import validation_scores
 from torch_lstm_optim.tasks import make_task
 from torch_lstm_optim.unroll import Unroll, advance
+from torch_lstm_optim.weights import bundled_root
 
 
 def test_scores_are_the_meta_trainers_validation_scores_and_differences_are_paired() -> None:
@@ -55,6 +56,8 @@ def test_cli_writes_results_and_refuses_bad_input(tmp_path: Path, capsys: pytest
             (["--weights", "quadratic", "--weights", "mnist-mlp", "--first-seed", "-1"], 2, "--first-seed in [0, "),
             (["--weights", "quadratic", "--weights", "mnist-mlp", "--first-seed", str(2**70)], 2, "--first-seed in [0"),
             (["--weights", "quadratic", "--weights", "mnist-mlp", "--threads", "0"], 2, "--threads must be >= 1"),
+            (["--weights", "quadratic", "--weights", str(Path(bundled_root()) / "quadratic")], 2,
+             "holds the same weights as one named before it"),
             (["--weights", "quadratic", "--weights", "mnist-mlp", "--task-arg", "name=x"], 2,
              "--task-arg name: not a task option")):
         with pytest.raises(SystemExit) as stop:

@@ -9,6 +9,7 @@ a bad checkpoint or an unusable output folder stop with one ``error:`` line, a n
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -235,7 +236,9 @@ def test_bad_flags_stop_with_a_usage_error(tmp_path: Path, capsys: pytest.Captur
     (["--task", "nosuch"], "error: unknown task 'nosuch'"),
     (["--task", "nosuch_module:factory"], "error: task 'nosuch_module:factory': cannot import"),
     (["--task-arg", "size=3"], "error: task 'quadratic': bad options"),
-    (["--task-arg", "dim=-1"], "error: task 'quadratic': sample(0, 'train') failed: RuntimeError"),
+    (["--task-arg", "dim=-1"], "error: task 'quadratic': dim must be an int >= 1, found -1"),
+    (["--task-arg", "dim=0"], "error: task 'quadratic': dim must be an int >= 1, found 0"),
+    (["--task-arg", "condition=nan"], "error: task 'quadratic': condition must be a finite number >= 1"),
     (["--init-weights", "no-such-weights"], "error: unknown weights 'no-such-weights'"),
 ])
 def test_bad_task_or_weights_stop_with_one_error_line_and_nothing_written(
@@ -265,11 +268,22 @@ def test_an_unusable_output_folder_stops_with_one_error_line(tmp_path: Path, cap
     assert (tmp_path / "file").read_text() == "not a folder" and sorted(os.listdir(tmp_path)) == ["file"]
 
 
+def edit_checkpoint(path: Path, **entries: Any) -> None:
+    """Replace entries of a checkpoint; ``network=None`` puts a NaN into every weight instead."""
+    checkpoint = torch.load(path, weights_only=True)
+    if entries.get("network", ...) is None:
+        entries["network"] = {k: torch.full_like(v, math.nan) for k, v in checkpoint["network"].items()}
+    torch.save({**checkpoint, **entries}, path)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda path: path.write_bytes(path.read_bytes()[:1000]), "cannot be read"),
     (lambda path: path.write_bytes(b"garbage"), "cannot be read"),
     (lambda path: torch.save({"network": {}}, path), "cannot be read"),
-], ids=["truncated", "garbage", "missing entries"])
+    (lambda path: edit_checkpoint(path, progress=[]), "cannot be read"),
+    (lambda path: edit_checkpoint(path, progress={"best_val": 1.0}), "cannot be read"),
+    (lambda path: edit_checkpoint(path, network=None), "cannot be read"),
+], ids=["truncated", "garbage", "missing entries", "progress a list", "progress incomplete", "nan network"])
 def test_a_damaged_checkpoint_is_refused_and_left_as_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                           damage: Any, message: str) -> None:
     out = tmp_path / "run"

@@ -82,6 +82,16 @@ def test_unknown_weights_name_what_was_tried(monkeypatch: pytest.MonkeyPatch, tm
     assert weights in str(error.value) and "bundled" in str(error.value)
 
 
+@pytest.mark.parametrize("name", ["sub/model.safetensors", "sub/weights"])
+def test_a_file_given_as_weights_is_named_not_fetched_from_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                   name: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / name).write_bytes(b"weights")
+    with pytest.raises(WeightsError, match=f"^{name}: is a file, not a weights folder"):
+        load_network(name)
+
+
 # --- bad files ---------------------------------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from .network import CoordinatewiseLSTM
 from .outputs import check_out, command_line, write_json
 from .tasks import MAX_SEED, Problem, TaskError, make_task
 from .unroll import Unroll, advance
-from .weights import WeightsError, load_network
+from .weights import WeightsError, fingerprint, load_network
 
 
 def scores(network: CoordinatewiseLSTM, problems: list[Problem], steps: int, metric: str) -> Tensor:
@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         check_out(Path(args.out), command, args.overwrite)
         task = make_task(args.task, data_dir=args.data_dir, splits=("test",), **parse_task_args(args.task_arg))
         networks = {w: load_network(w) for w in args.weights}
+        twins = [w for i, w in enumerate(args.weights) if fingerprint(networks[w]) in
+                 {fingerprint(networks[v]) for v in args.weights[:i]}]
+        if twins:
+            raise WeightsError(f"--weights {twins[0]} holds the same weights as one named before it: nothing "
+                               "to compare")
         problems = [task.sample(seed, "test") for seed in range(args.first_seed, args.first_seed + args.runs)]
     except (ValueError, TaskError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)

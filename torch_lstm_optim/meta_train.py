@@ -300,7 +300,13 @@ def resume_from(path: Path, config: MetaTrainConfig, network: torch.nn.Module, m
     try:
         checkpoint = torch.load(path, weights_only=True)
         saved, saved_network, progress = checkpoint["config"], checkpoint["network_config"], checkpoint["progress"]
-    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
+        if not all(isinstance(part, dict) for part in (saved, saved_network, progress)):
+            raise TypeError("its config, network_config and progress must be dicts")
+        missing = sorted({"iteration", "meta_updates", "skipped", "best_val", "best_iteration", "elapsed"}
+                         - set(progress))
+        if missing or any(not torch.isfinite(v).all() for v in checkpoint["network"].values()):
+            raise ValueError(f"progress misses {missing}" if missing else "the network holds NaN or inf")
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as error:
         reason = str(error).splitlines()[0] if str(error) else ""
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {reason}); move it "
                               "away to start over") from None

@@ -89,6 +89,9 @@ def resolve(weights: str | Path | None, *, revision: str | None = None,
     path = Path(weights)
     if path.is_dir():
         return path, WeightsSource(str(weights), str(path))
+    if path.exists():
+        raise WeightsError(f"{path}: is a file, not a weights folder (a folder holding {CONFIG_FILE} and "
+                           f"{WEIGHTS_FILE}); pass the folder")
     text = str(weights)
     if weights == DEFAULT_WEIGHTS:
         raise WeightsError(f"the default weights {DEFAULT_WEIGHTS!r} are not bundled with this installation "

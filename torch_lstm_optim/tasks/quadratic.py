@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Problem, split_seed
+from .base import Problem, TaskError, split_seed
 
 
 @dataclass
@@ -22,6 +22,13 @@ class Quadratic:
     dim: int = 10
     condition: float | None = None
     name: str = "quadratic"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise TaskError(f"task {self.name!r}: dim must be an int >= 1, found {self.dim!r}")
+        if self.condition is not None and not (isinstance(self.condition, (int, float)) and
+                                               1 <= self.condition < math.inf):
+            raise TaskError(f"task {self.name!r}: condition must be a finite number >= 1, found {self.condition!r}")
 
     def sample(self, seed: int, split: str = "train") -> Problem:
         gen = torch.Generator().manual_seed(split_seed(seed, split))
