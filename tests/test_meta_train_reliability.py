@@ -386,3 +386,12 @@ def make_network_folder(folder: Path) -> None:
 
     make_network().save_pretrained(folder)
     (folder / "README.md").write_text("my card\n")
+
+
+def test_resume_without_a_checkpoint_says_it_starts_a_new_run(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "typo"
+    meta_train(out, "--iterations", "2", "--resume")
+    assert f"--resume: no checkpoint in {out}: starting a new run" in capsys.readouterr().err
+    meta_train(out, "--iterations", "4", "--resume")
+    assert "no checkpoint" not in capsys.readouterr().err

@@ -63,6 +63,14 @@ def test_missing_mnist_names_the_folder_and_the_fix(tmp_path: Path) -> None:
         make_task("mnist-mlp", data_dir=str(tmp_path))
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_mnist_files_are_named(tmp_path: Path, damage: str) -> None:
+    images = write_mnist(tmp_path) / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(b"not an idx file" if damage == "garbage" else images.read_bytes()[:1000])
+    with pytest.raises(TaskError, match="MNIST files under .*MNIST/raw/? cannot be read .*damaged or not MNIST"):
+        make_task("mnist-mlp", data_dir=str(tmp_path))
+
+
 def test_unknown_task_and_bad_options() -> None:
     with pytest.raises(TaskError, match="unknown task 'nope'.*mnist-mlp"):
         make_task("nope")

@@ -428,6 +428,8 @@ def train(config: MetaTrainConfig, network_config: NetworkConfig, command: str) 
         raise CheckpointError(f"{checkpoint_path}: {out} holds a run already; pass --resume to continue it, or "
                               "another --out (nothing is overwritten)")
     distributed.all_true(True)  # every process has looked at the folder before rank 0 writes into it
+    if config.resume and not resumed and writer:  # --resume on a first run is a habit; a typo in --out shows here
+        print(f"--resume: no checkpoint in {out}: starting a new run", file=sys.stderr)
 
     def save_checkpoint() -> None:
         if writer:

@@ -233,9 +233,19 @@ def torchvision_dataset(kind: str, label: str, data_dir: str, train: bool, downl
     try:
         return getattr(datasets, kind)(str(data_dir), train=train, download=download)
     except RuntimeError as error:
+        if "not found" not in str(error):  # torchvision's own "Dataset not found ..."; anything else: bad files
+            raise _unreadable(label, Path(data_dir) / holding, error) from None
         raise TaskError(f"{label} not found under {Path(data_dir).resolve()} ({error}); pass --data-dir pointing at "
                         f"a folder holding {holding}, or allow the download (download=True; on the command line "
                         "--task-arg download=True)") from None
+    except (AssertionError, ValueError, OSError, EOFError) as error:  # torchvision's readers assert on bad headers
+        raise _unreadable(label, Path(data_dir) / holding, error) from None
+
+
+def _unreadable(label: str, folder: Path, error: Exception) -> TaskError:
+    return TaskError(f"{label} files under {folder.resolve()} cannot be read ({type(error).__name__}: {error}): "
+                     f"they are damaged or not {label}; replace them with good copies (or delete them and allow "
+                     "the download)")
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
