@@ -255,7 +255,8 @@ def parse_task_args(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ValueError(f"--task-arg expects key=value, found {item!r}")
         if key in ("name", "data_dir", "splits"):
-            raise ValueError(f"--task-arg {key}: not a task option" + (" (use --data-dir)" if key == "data_dir" else ""))
+            hint = " (use --data-dir)" if key == "data_dir" else ""
+            raise ValueError(f"--task-arg {key}: not a task option{hint}")
         try:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

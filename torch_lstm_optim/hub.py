@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, constants, hf_hub_download
@@ -35,6 +36,19 @@ from .weights import CONFIG_FILE, WEIGHTS_FILE, WeightsError, WeightsSource, bun
 CARD_FILE = "README.md"
 PUSHED_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
 DEFAULT_COMMIT_MESSAGE = "Upload torch_lstm_optim weights"
+
+
+class PushError(RuntimeError):
+    """A push the hub refused or could not take (an HTTP or transport error); the weights stay in the folder."""
+
+
+@contextmanager
+def _as_push_error(folder: Path, repo_id: str) -> Iterator[None]:
+    """Turn whatever the hub client raises into :class:`PushError` naming the folder, the repo and the cause."""
+    try:
+        yield
+    except Exception as error:  # the client's HTTP and transport errors share no base class with OSError
+        raise PushError(f"pushing {folder} to {repo_id} failed ({type(error).__name__}: {error})") from error
 
 
 def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
@@ -109,13 +123,15 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
     ``model.safetensors`` and ``README.md`` are uploaded, whatever else the folder holds. ``private`` applies when
     the repo is created; ``token`` defaults to the logged-in one (``hf auth login`` or ``HF_TOKEN``).
 
-    Returns the commit (``.oid`` is the hash to pin with ``revision=``, ``.commit_url`` its page).
+    Returns the commit (``.oid`` is the hash to pin with ``revision=``, ``.commit_url`` its page). Raises
+    :class:`WeightsError` for a bad folder or repo id (before any request) and :class:`PushError` if the hub fails.
     """
     folder = Path(folder)
     network = read_folder(folder)
     check_repo_id(repo_id)
     api = HfApi(token=token)
-    repo = api.create_repo(repo_id, private=private, exist_ok=True)  # the hub answers before the card is touched
+    with _as_push_error(folder, repo_id):
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)  # the hub answers before the card is touched
     card = network.generate_model_card()
     card_path = folder / CARD_FILE
     if card_path.is_file():
@@ -125,8 +141,9 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
         card = existing
     if not card_path.is_file() or card_path.read_text(encoding="utf-8") != card.content:
         card.save(card_path)
-    return api.upload_folder(repo_id=repo.repo_id, folder_path=folder, allow_patterns=list(PUSHED_FILES),
-                             commit_message=commit_message, repo_type="model")
+    with _as_push_error(folder, repo_id):
+        return api.upload_folder(repo_id=repo.repo_id, folder_path=folder, allow_patterns=list(PUSHED_FILES),
+                                 commit_message=commit_message, repo_type="model")
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -161,12 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commit = push_to_hub(args.folder, args.repo_id, token=args.token, private=args.private,
                              commit_message=args.commit_message)
-    except WeightsError as error:
+    except (WeightsError, PushError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
-    except Exception as error:  # the hub client's HTTP and transport errors share no base class with OSError
-        print(f"error: pushing {args.folder} to {args.repo_id} failed ({type(error).__name__}: {error})",
-              file=sys.stderr)
         return 1
     print(f"pushed {args.folder} to {args.repo_id}: {commit.commit_url} (pin it with revision={commit.oid!r})")
     return 0

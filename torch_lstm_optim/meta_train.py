@@ -41,7 +41,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import distributed
 from .evaluate import machine_description, parse_task_args
-from .hub import check_repo_id, push_to_hub
+from .hub import PushError, check_repo_id, push_to_hub
 from .network import CoordinatewiseLSTM, NetworkConfig
 from .outputs import OutputError, atomic_write
 from .tasks import MAX_SEED, Task, TaskError, make_task
@@ -632,10 +632,9 @@ def main(argv: list[str] | None = None) -> None:
         if config.push_to_hub:
             try:
                 push_to_hub(config.out, config.push_to_hub)
-            except Exception as error:  # the hub client's HTTP and transport errors share no base with OSError
-                print(f"error: pushing to {config.push_to_hub} failed ({type(error).__name__}: {error}); the "
-                      f"weights are in {config.out}: push them later with python -m torch_lstm_optim.hub push "
-                      f"{config.out} {config.push_to_hub}", file=sys.stderr)
+            except PushError as error:
+                print(f"error: {error}; the weights are in {config.out}: push them later with python -m "
+                      f"torch_lstm_optim.hub push {config.out} {config.push_to_hub}", file=sys.stderr)
                 raise SystemExit(1) from None
     except (TaskError, WeightsError, CheckpointError, OutputError, DivergedError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

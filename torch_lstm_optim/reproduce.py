@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> None:
             previous.get("command", "")).startswith(command_line("reproduce", [])))
     except OutputError as error:
         parser.exit(2, f"error: {error}\n")
-    kept = {} if args.overwrite or not (out / "results.json").exists() else {
-        row["key"]: row for row in json.loads((out / "results.json").read_text(encoding="utf-8")).get("experiments", [])}
+    previous = {} if args.overwrite or not (out / "results.json").exists() else json.loads(
+        (out / "results.json").read_text(encoding="utf-8"))
+    kept = {row["key"]: row for row in previous.get("experiments", [])}
     rows = {**kept, **{row["key"]: row for row in reproduce(out, args.data_dir, args.quick, args.only)}}
     rows = [rows[e.key] for e in EXPERIMENTS if e.key in rows]  # the paper's order
     summary = {"command": command,

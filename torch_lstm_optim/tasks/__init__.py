@@ -10,8 +10,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .base import (MAX_SEED, Forward, Params, Problem, SeedSplits, Task, TaskError, check_task, module_problem, split_seed,
-                   step_generator)
+from .base import (MAX_SEED, Forward, Params, Problem, SeedSplits, Task, TaskError, check_task, module_problem,
+                   split_seed, step_generator)
 from .cifar import Cifar10Conv
 from .generated import LinearModel, TestFunction
 from .mixture import Mixture
@@ -23,8 +23,8 @@ TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": Mn
                                          "cifar10-conv": Cifar10Conv, "teacher": Teacher, "linear-model": LinearModel,
                                          "test-function": TestFunction, "mixture": Mixture}
 
-__all__ = ["MAX_SEED", "Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task", "make_task",
-           "module_problem", "split_seed", "step_generator"]
+__all__ = ["MAX_SEED", "Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task",
+           "make_task", "module_problem", "split_seed", "step_generator"]
 
 
 def make_task(name: str, data_dir: str | None = None, *, splits: tuple[str, ...] = ("train", "val"),
