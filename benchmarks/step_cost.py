@@ -17,7 +17,11 @@ gate matmul for one chunk, ``(M, 2H) @ (2H, 4H)``, and a large tensor copy. From
 (counted analytically, see :func:`flops_per_coordinate` and :func:`bytes_per_coordinate`) follow the achieved GFLOP/s
 and GB/s, and the fraction of the roofline: the time the step would take at the mm's GFLOP/s or at the copy's GB/s,
 whichever is longer, over the measured time. The time of the step's sigmoids and tanhs alone at their measured
-throughput on a contiguous ``(M, H)`` tensor is shown too: on CPU that, not the matmul, is what binds.
+throughput on a contiguous ``(M, H)`` tensor is shown too: on CPU that, not the matmul, is what binds. Hence the
+``fused bound``: the largest fraction of the roofline that any step built from torch's kernels could reach, even one
+fused kernel with no temporaries, because it must still do its FLOPs at the mm's rate and its transcendentals at the
+sigmoid's and tanh's (both run on the same vector units, so they add up): roofline time over that sum (or over the
+copy time, if longer).
 
 Peak extra memory of a step: on CPU, each size runs in a fresh subprocess with ``MALLOC_MMAP_THRESHOLD_=65536`` (so
 glibc hands every large block back to the OS when it is freed, instead of keeping it for reuse where RSS no longer
@@ -30,7 +34,8 @@ Columns of the first table: ``step ms`` the median step time; ``of which system 
 mostly page faults of freed and re-touched temporaries (0 on CUDA); ``x Adam`` step ms over Adam's in the same
 rounds; ``GFLOP/s`` and ``GB/s`` the step's counted FLOPs and compulsory bytes over its time; ``mm GFLOP/s`` and
 ``copy GB/s`` the two ceilings; ``of roofline`` the fraction described above; ``sigmoid+tanh ms`` the step's
-transcendentals alone at their measured rate; ``peak extra MiB`` the peak extra memory (eager contenders only).
+transcendentals alone at their measured rate; ``fused bound`` the most ``of roofline`` could be (above);
+``peak extra MiB`` the peak extra memory (eager contenders only).
 The second table gives the per-coordinate counts, the persistent state per parameter and the first (warm-up) step.
 """
 
@@ -259,9 +264,12 @@ def measure_size(size: int, kinds: list[str], args: argparse.Namespace, device: 
             flops = flops_per_coordinate(config)
             sigmoids, tanhs = transcendentals_per_coordinate(config)
             roofline = max(flops / ceilings.mm_gflops, moved / ceilings.copy_gbps) * numel / 1e9
+            transcendental = numel * (sigmoids * ceilings.sigmoid_ns + tanhs * ceilings.tanh_ns) / 1e9
+            fused = max(flops / ceilings.mm_gflops * numel / 1e9 + transcendental,
+                        moved / ceilings.copy_gbps * numel / 1e9)
             row.update(flops_per_coord=flops, gflops=flops * numel / seconds / 1e9,
-                       roofline_fraction=roofline / seconds,
-                       sigmoid_tanh_ms=numel * (sigmoids * ceilings.sigmoid_ns + tanhs * ceilings.tanh_ns) / 1e6)
+                       roofline_fraction=roofline / seconds, sigmoid_tanh_ms=transcendental * 1e3,
+                       fused_bound=roofline / fused)
         row.update(bytes_per_coord=moved, gbps=moved * numel / seconds / 1e9)
         results.append(row)
     return {"size": size, "params": numel, "chunk_rows": rows, "ceilings": vars(ceilings), "results": results}
@@ -315,8 +323,8 @@ def print_tables(report: dict[str, object]) -> None:
           f"steps after {report['warmup']} warm-up; {report['date']}; 1-minute load average "
           f"{report['load_average_before']:.1f} before, {report['load_average_after']:.1f} after\n")
     print("| params | optimizer | step ms | of which system ms | x Adam | GFLOP/s | mm GFLOP/s | GB/s | copy GB/s "
-          "| of roofline | sigmoid+tanh ms | peak extra MiB |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| of roofline | sigmoid+tanh ms | fused bound | peak extra MiB |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for entry in report["sizes"]:
         ceilings = entry["ceilings"]
         for row in entry["results"]:
@@ -326,7 +334,8 @@ def print_tables(report: dict[str, object]) -> None:
                   f"{row['ratio_to_adam']:.1f} | "
                   + (f"{row['gflops']:.1f} | {ceilings['mm_gflops']:.1f} | " if lstm else "| | ")
                   + f"{row['gbps']:.1f} | {ceilings['copy_gbps']:.1f} | "
-                  + (f"{row['roofline_fraction']:.0%} | {row['sigmoid_tanh_ms']:.1f} | " if lstm else "| | ")
+                  + (f"{row['roofline_fraction']:.0%} | {row['sigmoid_tanh_ms']:.1f} | {row['fused_bound']:.0%} | "
+                     if lstm else "| | | ")
                   + f"{peak} |")
     print("\n| optimizer | FLOP/coordinate | bytes moved/coordinate | sigmoids+tanhs/coordinate "
           "| state bytes/param (fp32) | first step s |")
