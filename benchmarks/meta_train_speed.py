@@ -5,8 +5,9 @@
     python benchmarks/meta_train_speed.py --data-dir ../shared/data --log pretrained/generalist
 
 Tuned Adam is scored on exactly the validation problems the meta-trainer validates on (same seeds, same steps, same
-score: mean final loss or mean log of final over initial loss; learning rate the best of the evaluation's grid). With ``--log FOLDER`` no training runs: the ``log.jsonl`` of an
-earlier run (e.g. the one that produced shipped weights) is read instead, so its own wall times are reported.
+score: mean final loss or mean log of final over initial loss; learning rate the best of the evaluation's grid).
+With ``--log FOLDER`` no training runs: the ``log.jsonl`` of an earlier run (e.g. the one that produced shipped
+weights) is read instead, so its own wall times are reported.
 Any meta-trainer flag after ``--`` is passed through (e.g. ``-- --meta-batch 4 --objective log``).
 """
 
@@ -66,8 +67,8 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="meta_speed_") as out:
             config, network_config = parse_args(["--task", args.task, "--data-dir", args.data_dir, "--iterations",
-                                                  str(args.iterations), "--eval-every", str(args.eval_every),
-                                                  "--threads", str(args.threads), "--out", out, *passthrough])
+                                                 str(args.iterations), "--eval-every", str(args.eval_every),
+                                                 "--threads", str(args.threads), "--out", out, *passthrough])
             train(config, network_config, "benchmark")
             log = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
     task = build_task(config)

@@ -120,7 +120,7 @@ def test_fsdp_shards_the_optimizer_state_with_the_parameters(ranks: list[dict[st
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_a_run_restored_from_a_distributed_checkpoint_continues_identically(ranks: list[dict[str, Any]],
-                                                                             mode: str) -> None:
+                                                                            mode: str) -> None:
     for rank in ranks:
         result = rank[mode]
         assert result["resumed_step"] == SAVE_AT

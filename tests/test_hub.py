@@ -258,7 +258,7 @@ def test_a_revision_pins_the_weights(hub: FakeHub, tmp_path: Path) -> None:
     ("org/bare", None, "has no config.json: not a torch_lstm_optim weights repo"),
 ])
 def test_what_is_not_on_the_hub_is_named(hub: FakeHub, tmp_path: Path, repo_id: str, revision: str | None,
-                                          expected: str) -> None:
+                                         expected: str) -> None:
     hub.commit("org/net", weights_files(make_network(0), tmp_path / "saved"))
     hub.commit("org/bare", {"README.md": b"# nothing here"})
     with pytest.raises(WeightsError, match=expected) as error:

@@ -285,7 +285,7 @@ def edit_checkpoint(path: Path, **entries: Any) -> None:
     (lambda path: edit_checkpoint(path, network=None), "cannot be read"),
 ], ids=["truncated", "garbage", "missing entries", "progress a list", "progress incomplete", "nan network"])
 def test_a_damaged_checkpoint_is_refused_and_left_as_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                          damage: Any, message: str) -> None:
+                                                           damage: Any, message: str) -> None:
     out = tmp_path / "run"
     meta_train(out, "--iterations", "2")
     damage(out / "checkpoint.pt")

@@ -1,4 +1,5 @@
-"""The network's ONE update rule: gradient features, and ``step`` as a pure function usable with and without autograd."""
+"""The network's ONE update rule: gradient features, and ``step`` as a pure function usable with and without
+autograd."""
 
 from __future__ import annotations
 

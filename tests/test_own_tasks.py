@@ -166,7 +166,7 @@ def test_fine_tuning_records_the_parent_weights(tmp_path: Path, weights_folder: 
 
 
 def test_fine_tuning_a_hub_repo_records_its_commit(tmp_path: Path, weights_folder: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A hub parent: the commit it resolved to, and ``base_model`` in the card's metadata for the hub to link."""
     from huggingface_hub import ModelCard
 

@@ -20,7 +20,7 @@ MNIST_KEYS = ["mnist-mlp", "mnist-steps200", "mnist-hidden40", "mnist-layers2", 
 
 
 def test_quick_run_writes_every_row_a_plot_per_experiment_and_a_table(tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture) -> None:
+                                                                      capsys: pytest.CaptureFixture) -> None:
     data = write_mnist(tmp_path / "data")
     out = tmp_path / "out"
     reproduce.main(["--out", str(out), "--quick", "--data-dir", str(data)])

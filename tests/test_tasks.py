@@ -181,7 +181,6 @@ def test_mixture_draws_every_family_small_scaled_and_reproducible(mnist_dir: Pat
         make_task("mixture", families=("cifar",))
 
 
-
 def fitted_loss(problem: Problem) -> float:
     """The full-batch loss after L-BFGS from the problem's start: near the best the model can do."""
     params = {k: v.clone().requires_grad_() for k, v in problem.params.items()}

@@ -225,7 +225,7 @@ def append_huge_tensor(folder: Path, name: str, shape: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("name, match", [("extra", r"unexpected \['extra'\]"), ("head.bias", "'head.bias' has shape")])
 def test_a_huge_tensor_is_refused_from_the_header_before_it_is_allocated(weights_folder: Path, name: str,
-                                                                        match: str) -> None:
+                                                                         match: str) -> None:
     """A 4 GiB tensor (an unexpected one, or an expected one of the wrong shape) named in a well-formed file."""
     import resource
 

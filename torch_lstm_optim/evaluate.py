@@ -198,7 +198,8 @@ def tuning_text(result: dict[str, Any]) -> str:
 
 def update_card(folder: Path, result: dict[str, Any]) -> None:
     """Write the evaluation (command, machine, table) into the weights folder's model card, replacing an older one."""
-    write_card_section(folder, EVAL_HEADING, f"""Held-out problems (`test` split) of `{result['task']}` {result['task_options'] or ''}, {result['steps']} steps; {tuning_text(result)}.
+    problems = f"`{result['task']}` {result['task_options'] or ''}, {result['steps']} steps"
+    write_card_section(folder, EVAL_HEADING, f"""Held-out problems (`test` split) of {problems}; {tuning_text(result)}.
 Measured with `{result['command']}` on {result['machine']} in {result['wall_seconds']:.0f} s.
 
 {table(result)}""")

@@ -14,8 +14,8 @@ checkpoint is written atomically after every meta-iteration; ``--resume`` contin
 result as an uninterrupted run (problems are drawn from (seed, iteration), so no RNG state is needed). Under
 ``torchrun --nproc-per-node N`` each process unrolls an equal share of the meta-batch and the meta-gradients are
 averaged (:mod:`torch_lstm_optim.distributed`): the same result as one process, within float rounding; rank 0 writes
-the files. The output folder holds ``config.json`` + ``model.safetensors`` (the best weights), a model card ``README.md``,
-``log.jsonl`` and ``checkpoint.pt``.
+the files. The output folder holds ``config.json`` + ``model.safetensors`` (the best weights), a model card
+``README.md``, ``log.jsonl`` and ``checkpoint.pt``.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from .weights import WEIGHTS_FILE, WeightsError, load_network
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
 RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_rule", "init_lr", "horizon", "truncation",
-                "meta_batch", "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems", "val_metric",
-                "curriculum", "patience", "average_decay", "log_floor")
+                "meta_batch", "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems",
+                "val_metric", "curriculum", "patience", "average_decay", "log_floor")
 
 
 class DivergedError(RuntimeError):
@@ -278,7 +278,7 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def save_weights(network: CoordinatewiseLSTM, out: Path) -> None:
-    """Write ``config.json`` + ``model.safetensors`` into ``out`` through a temporary folder, file by file atomically."""
+    """Write ``config.json`` + ``model.safetensors`` into ``out`` through a temporary folder, each file atomically."""
     out.mkdir(exist_ok=True)
     tmp = out / ".weights.tmp"
     network.save_pretrained(tmp)
@@ -571,6 +571,15 @@ def write_card(out: Path, summary: dict[str, Any]) -> None:
         f"- fine-tuned from `{parent['weights']}` at revision `{parent['revision'] or 'none (bundled or local)'}`"
         f", {WEIGHTS_FILE} sha256 `{parent['sha256']}`\n")
     base_model = f"base_model: {parent['weights']}\n" if parent and parent["revision"] else ""
+    data = f"`{config['data_dir']}`" if config["task"] != "quadratic" else "generated"
+    horizons = [*config["curriculum"], config["horizon"]]
+    run = (f"- seed {config['seed']}; {summary['iteration']} meta-iterations, {summary['meta_updates']} meta-updates, "
+           f"{summary['skipped']} skipped (non-finite)")
+    best = (f"- best validation {config['val_metric'].replace('_', ' ')} {summary['best_val']:.4f} at iteration "
+            f"{summary['best_iteration']} ({config['val_problems']} val problems, {config['horizon']} steps)"
+            f"{averaging_note(config)}")
+    stages = (f"- horizons {horizons}, truncations of {config['truncation']} steps; the last stage reached: "
+              f"{horizons[summary['stage']]} steps")
     text = f"""---
 library_name: torch_lstm_optim
 tags: [learned-optimizer, learning-to-learn, pytorch]
@@ -583,10 +592,10 @@ Produced by the project's meta-trainer with:
 {summary['command']}
 ```
 
-- task: `{config['task']}` {config['task_arg'] or ''}; data: {'`' + config['data_dir'] + '`' if config['task'] != 'quadratic' else 'generated'}
-{lineage}- seed {config['seed']}; {summary['iteration']} meta-iterations, {summary['meta_updates']} meta-updates, {summary['skipped']} skipped (non-finite)
-- best validation {config['val_metric'].replace('_', ' ')} {summary['best_val']:.4f} at iteration {summary['best_iteration']} ({config['val_problems']} val problems, {config['horizon']} steps){averaging_note(config)}
-- horizons {[*config['curriculum'], config['horizon']]}, truncations of {config['truncation']} steps; the last stage reached: {[*config['curriculum'], config['horizon']][summary['stage']]} steps
+- task: `{config['task']}` {config['task_arg'] or ''}; data: {data}
+{lineage}{run}
+{best}
+{stages}
 - wall time {summary['wall_seconds'] / 60:.1f} min on {summary['machine']}{processes_note(summary, config)}
 
 Load it with `LSTMOptimizer(model.parameters(), weights="<this folder or name>")`.

@@ -74,14 +74,17 @@ class NetworkConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             expected = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(str(f.type))
-            if expected is not None and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
+            if expected is None:
+                continue
+            if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
                 raise ValueError(f"config field {f.name!r} must be {f.type}, found {value!r}")
         if not 1 <= self.hidden_size <= MAX_HIDDEN_SIZE:
             raise ValueError(f"config field 'hidden_size' must be in 1..{MAX_HIDDEN_SIZE}, found {self.hidden_size}")
         if not 1 <= self.num_layers <= MAX_LAYERS:
             raise ValueError(f"config field 'num_layers' must be in 1..{MAX_LAYERS}, found {self.num_layers}")
         if self.preprocessing not in PREPROCESSINGS:
-            raise ValueError(f"config field 'preprocessing' must be one of {PREPROCESSINGS}, found {self.preprocessing!r}")
+            raise ValueError(f"config field 'preprocessing' must be one of {PREPROCESSINGS}, "
+                             f"found {self.preprocessing!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"config field 'output' must be one of {OUTPUTS}, found {self.output!r}")
         if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas) or not self.betas \

@@ -322,7 +322,8 @@ def run_suite(config: SuiteConfig, network: CoordinatewiseLSTM, command: str = "
                       "running every pair again", file=sys.stderr)
     result = {"suite": config.suite, "weights": str(config.weights or "default"),
               "weights_source": asdict(network.source) if getattr(network, "source", None) else None,
-              "weights_sha256": fingerprint(network), "settings": settings, "loss_floor": LOSS_FLOOR, "tuned": list(TUNED), "skipped": skipped,
+              "weights_sha256": fingerprint(network), "settings": settings, "loss_floor": LOSS_FLOOR,
+              "tuned": list(TUNED), "skipped": skipped,
               "machine": machine_description(), "command": command, "pairs": []}
     for name, reason in skipped.items():
         print(f"skipping untuned baseline {name}: {reason}", file=sys.stderr)

@@ -72,7 +72,7 @@ def param_labels(problems: list[Problem], classes: Mapping[str, object]) -> list
                       if pb.param_classes.get(name) not in classes})
     if missing:
         raise TaskError(f"parameters without a network of their class {sorted(classes)}: {missing}; the task's "
-                         "problems must label every parameter (Problem.param_classes)")
+                        "problems must label every parameter (Problem.param_classes)")
     return labels
 
 

@@ -106,4 +106,3 @@ class TestFunction:
         theta = (torch.rand(self.dim, generator=gen) * 2 - 1) * box / stretch
         # f is >= 0 in exact arithmetic; clamp the rounding of Matyas and the camel so log-losses stay defined
         return Problem(params={"theta": theta}, loss=lambda params, step: f(stretch * params["theta"]).clamp_min(0))
-

@@ -374,7 +374,7 @@ class AttentionReverse:
         s = split_seed(seed, split)
         model = _build(s, lambda: _Attention(self.vocab, self.length))
         return sequence_problem(model, self.draw, lambda out, t: F.cross_entropy(out.reshape(-1, self.vocab),
-                                                                                  t.reshape(-1)), s)
+                                                                                 t.reshape(-1)), s)
 
 
 # --- matrix completion ------------------------------------------------------------------------------------------
@@ -412,7 +412,7 @@ class MatrixCompletion:
 FAMILIES: dict[str, tuple[type, ...]] = {
     "tabular (scikit-learn data, other losses)": (BreastCancerLogistic, WineSoftmaxRaw, DiabetesL1, IrisSVM),
     "8x8 digits (scikit-learn), other architectures and losses": (DigitsConv, DigitsAutoencoder,
-                                                                 DigitsResidualLayerNorm),
+                                                                  DigitsResidualLayerNorm),
     "non-convex test functions": (Rosenbrock, Beale, Rastrigin),
     "generated sequences (recurrent and attention)": (GRUAdding, RNNParity, AttentionReverse),
     "matrix completion": (MatrixCompletion,),

@@ -8,9 +8,9 @@ classes, 4-64 inputs, noise 0-0.5). Two more families must be asked for by name 
 four above, the mixture the shipped generalist was trained on): ``linear``, linear, logistic and softmax regression
 on generated data with features of unequal scales, noiseless half the time (separable classes, exact fits), full-batch
 half the time; and ``function``, stretched test functions with minimum 0 (see :mod:`.generated`). Both end near a
-loss of zero, a regime the MNIST families never reach. Sizes are drawn log-uniformly; a draw with more than ``max_params`` parameters
-(or a conv net that pools its images away) is drawn again (the meta-trainer's cost grows with the coordinates, and 2
-CPU cores train this).
+loss of zero, a regime the MNIST families never reach. Sizes are drawn log-uniformly; a draw with more than
+``max_params`` parameters (or a conv net that pools its images away) is drawn again (the meta-trainer's cost grows
+with the coordinates, and 2 CPU cores train this).
 
 The loss is multiplied by ``exp(U(-loss_scale, loss_scale))``, so that the rule cannot rely on the gradient's
 absolute size. Only MNIST (training digits; ``val`` uses the held-out ones) and generated data are used: every other
