@@ -32,10 +32,16 @@ def network() -> CoordinatewiseLSTM:
     return make_network()
 
 
-@pytest.fixture(params=["log_sign", "scale_free"])
+# The rule's forms with their kinds of state: the paper's, scale-free features, and the momentum mix with the level.
+FORMS = {"log_sign": dict(preprocessing="log_sign"), "scale_free": dict(preprocessing="scale_free"),
+         "momentum_mix": dict(preprocessing="scale_free", output="momentum_mix", level_feature=True,
+                              log_step_feature=True)}
+
+
+@pytest.fixture(params=sorted(FORMS))
 def any_network(request: pytest.FixtureRequest) -> CoordinatewiseLSTM:
-    """One network per preprocessing, so optimizer behaviour is checked with each kind of state."""
-    return make_network(preprocessing=request.param)
+    """One network per form of the rule, so optimizer behaviour is checked with each kind of state."""
+    return make_network(**FORMS[request.param])
 
 
 @pytest.fixture

@@ -153,6 +153,9 @@ def test_step_is_batched_coordinatewise(any_network: CoordinatewiseLSTM) -> None
 
 
 def test_step_with_autograd_reaches_every_network_weight(any_network: CoordinatewiseLSTM) -> None:
+    # A head started as a classic rule ignores h (zero weights), so the LSTM gets gradients only from the
+    # first meta-update on; a trained head reads h.
+    torch.nn.init.normal_(any_network.head.weight, std=0.1)
     grad = torch.randn(20)
     state = any_network.init_state(grad)
     total = torch.zeros(())
@@ -273,3 +276,94 @@ def test_init_head_refuses_rules_the_config_cannot_express() -> None:
         make_network().init_head("adam", 0.1)
     with pytest.raises(ValueError, match="'nag' with log_rms_feature"):
         make_network(preprocessing="scale_free", output="direction_magnitude").init_head("nag", 1.0)
+
+
+MIX = dict(preprocessing="scale_free", output="momentum_mix", level_feature=True, log_step_feature=True)
+
+
+@pytest.mark.parametrize("form", [MIX, dict(preprocessing="scale_free", output="direction_magnitude")])
+def test_a_zero_gradient_history_moves_nothing(form: dict) -> None:
+    """The zero-gradient contract is the rule's form: with random weights (nonzero gate biases and head), a
+    coordinate whose gradients have all been zero gets an update of exactly 0, beside coordinates that do move."""
+    network = make_network(seed=5, **form)
+    torch.nn.init.normal_(network.head.weight)
+    torch.nn.init.normal_(network.head.bias)
+    grad = torch.tensor([0.0, 0.0, 1.0, -3e-6])
+    state = network.init_state(grad)
+    for _ in range(3):
+        update, state = network.step(grad, state)
+        assert update[:2].tolist() == [0.0, 0.0] and (update[2:] != 0).all()
+
+
+def test_momentum_mix_starts_as_adam_and_follows_its_mixing_weights() -> None:
+    network = make_network(output_scale=0.01, **MIX)
+    network.init_head("adam", 0.1)
+    torch.nn.init.normal_(network.layers[0].weight)  # the LSTM cannot move the start: the head ignores h
+    grad = torch.randn(20)
+    state = network.init_state(grad)
+    for _ in range(50):
+        with torch.no_grad():
+            update, state = network.step(grad, state)
+    # kappa starts at sigmoid(-3), and rho = 1 for a constant gradient: the classic rule, as for direction_magnitude
+    torch.testing.assert_close(update, -0.1 * (1 - 0.9 ** 50) * grad.sign(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("nesterov_lr", [0.1, 1.0])
+def test_momentum_mix_nag_head_is_sgd_with_nesterov_momentum(nesterov_lr: float) -> None:
+    network = make_network(preprocessing="scale_free", output="momentum_mix", log_rms_feature=True,
+                           output_scale=0.03, magnitude_bound=25.0)
+    network.init_head("nag", nesterov_lr)
+    grads = torch.randn(8, 30, dtype=torch.float64) * torch.logspace(-4, 1, 30, dtype=torch.float64)
+    reference = torch.zeros(30, dtype=torch.float64, requires_grad=True)
+    sgd = torch.optim.SGD([reference], lr=nesterov_lr, momentum=0.9, nesterov=True)
+    theta = torch.zeros(30, dtype=torch.float64)
+    state = network.init_state(grads[0])
+    for grad in grads:
+        reference.grad = grad.clone()
+        sgd.step()
+        with torch.no_grad():
+            update, state = network.step(grad, state)
+        theta += update.double()
+    torch.testing.assert_close(theta, reference.detach(), rtol=1e-4, atol=1e-7)
+
+
+def test_level_feature_measures_the_fall_from_the_peak_whatever_the_scale() -> None:
+    network = make_network(**MIX)
+    grads = [torch.tensor([2.0, 2e-7])] * 30 + [torch.tensor([2e-6, 2e-13])] * 400
+    state = network.init_state(grads[0])
+    for grad in grads:
+        features, state = network.features(grad, state)
+    level = features[:, -1].tolist()
+    assert level[0] == pytest.approx(level[1], abs=1e-3)  # scale-free: the two coordinates differ by 1e7
+    assert level[0] == pytest.approx(math.log(1e-6), abs=1e-3)  # the fast rms has settled at 1e-6 of its peak
+    assert features[:, :1].abs().max() < 1e-3  # while g / rms (long memory) has gone to ~0
+
+
+def test_kappa_one_shrinks_the_step_with_the_gradient() -> None:
+    """With kappa -> 1 the step follows the gradient's size (SGD-like): far below the stride's lower bound."""
+    network = make_network(output_scale=0.01, **MIX)
+    network.init_head("adam", 0.01)
+    with torch.no_grad():
+        network.head.bias[-1] = 30.0  # kappa = 1
+    grads = [torch.ones(3)] * 20 + [torch.full((3,), 1e-9)] * 200
+    state = network.init_state(grads[0])
+    for grad in grads:
+        with torch.no_grad():
+            update, state = network.step(grad, state)
+    floor = 0.01 * math.exp(-network.config.magnitude_bound)
+    assert 0 < -update.max() < floor * 1e-3
+
+
+def test_configs_without_the_level_fields_load_as_before() -> None:
+    data = NetworkConfig().to_dict()
+    del data["level_feature"], data["level_beta"]
+    assert NetworkConfig.from_dict(data) == NetworkConfig()
+    with pytest.raises(ValueError, match="missing fields \\['hidden_size'\\]"):
+        NetworkConfig.from_dict({k: v for k, v in NetworkConfig().to_dict().items() if k != "hidden_size"})
+
+
+@pytest.mark.parametrize("config", [dict(output="momentum_mix"), dict(level_feature=True),
+                                    dict(preprocessing="scale_free", level_beta=1.0)])
+def test_config_refuses_the_momentum_mix_without_its_features(config: dict) -> None:
+    with pytest.raises(ValueError, match="momentum_mix|level"):
+        NetworkConfig(**config)

@@ -26,7 +26,11 @@ from torch import Tensor, nn
 State = dict[str, Tensor]
 
 PREPROCESSINGS = ("log_sign", "scale_free")
-OUTPUTS = ("linear", "direction_magnitude")
+OUTPUTS = ("linear", "direction_magnitude", "momentum_mix")
+# Fields added after the first release: a config.json written before them may omit them and gets these values,
+# which are the behaviour it was trained with.
+ADDED_FIELDS = {"level_feature": False, "level_beta": 0.9}
+LEVEL_FLOOR = 1e-30  # added to the fast second moment, as to ``v``: gradients below 1e-15 are not told apart
 MAX_HIDDEN_SIZE = 1024
 MAX_LAYERS = 8
 
@@ -46,12 +50,26 @@ class NetworkConfig:
       (the linear head can express both Adam, weight 0, and momentum SGD, weight 1), at the price of scale-freedom.
       ``log_step_feature`` adds ``log t`` (the coordinate's step count), so the head can express power-law
       warm-ups and decays ``t^c`` directly.
+      ``level_feature`` adds ``log rho``, where ``rho = r_t / max_{s<=t} r_s`` and ``r`` is the root of a faster
+      bias-corrected EMA of ``g^2`` (decay ``level_beta``): how far the gradient has fallen below its largest size,
+      a scale-free measure of progress (0 at the start, -23 once the gradient is 1e-10 of its peak).
     - ``output``: ``"linear"`` is the paper's ``head(h) * output_scale``. The default scale 0.1 is the one of the
       paper's released code: with ``|h| < 1`` a freshly initialised network moves each coordinate by at most a
       few tenths, so early meta-training neither stalls nor blows up.
       ``"direction_magnitude"`` reads ``[h, features]`` and returns
       ``direction * exp(clamp(s, -B, B)) * output_scale`` with ``B = magnitude_bound`` (after Metz et al. 2020):
-      the step size spans ``output_scale * e^{+-B}`` and cannot blow up.
+      the step size spans ``output_scale * e^{+-B}`` and cannot blow up. With ``scale_free`` its direction is
+      multiplied by ``[v > 0]``, so a coordinate whose gradients have all been zero (below 1e-19, whose square
+      float32 flushes to 0) is not moved.
+      ``"momentum_mix"`` (needs ``scale_free``) returns ``(sum_k a_k x_k) * exp(clamp(s, -B, B)) * output_scale
+      * rho^kappa``: the head reads ``[h, features]`` and gives per coordinate the mixing weights ``a_k`` of the
+      direction features ``x_k`` (the gradient and its momenta over the rms), a log step size ``s`` and, with
+      ``level_feature``, ``kappa = sigmoid(.)`` in (0, 1). So the direction is a learned, per-coordinate
+      combination of classic update directions (Adam's is ``a = -1`` on the 0.9-momentum), zero whenever the
+      gradient history is zero (no drift: a frozen or dead coordinate stays where it is, and near a minimum the
+      step vanishes with the gradients); ``rho^kappa`` lets the step shrink with the gradient as SGD's does
+      (``kappa = 1`` is SGD with momentum, normalised by the gradient's peak size) down to any precision, while
+      ``s`` spans ``output_scale * e^{+-B}`` of stride.
     """
 
     hidden_size: int = 20
@@ -66,6 +84,8 @@ class NetworkConfig:
     output: str = "linear"
     output_scale: float = 0.1
     magnitude_bound: float = 7.0
+    level_feature: bool = False
+    level_beta: float = 0.9
 
     def __post_init__(self) -> None:
         if not isinstance(self.betas, (list, tuple)):
@@ -87,6 +107,13 @@ class NetworkConfig:
                              f"found {self.preprocessing!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"config field 'output' must be one of {OUTPUTS}, found {self.output!r}")
+        if self.output == "momentum_mix" and self.preprocessing != "scale_free":
+            raise ValueError("config field 'output' 'momentum_mix' needs preprocessing 'scale_free' (its direction "
+                             f"mixes the gradient's momenta), found preprocessing {self.preprocessing!r}")
+        if self.level_feature and self.preprocessing != "scale_free":
+            raise ValueError("config field 'level_feature' needs preprocessing 'scale_free'")
+        if not 0 <= self.level_beta < 1:
+            raise ValueError(f"config field 'level_beta' must lie in [0, 1), found {self.level_beta!r}")
         if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas) or not self.betas \
                 or not 0 < self.beta_v < 1:
             raise ValueError(f"config fields 'betas' must lie in [0, 1) and 'beta_v' in (0, 1), "
@@ -100,11 +127,27 @@ class NetworkConfig:
     def num_features(self) -> int:
         if self.preprocessing == "log_sign":
             return 2
-        return 1 + len(self.betas) + self.log_rms_feature + self.log_step_feature
+        return self.num_directions + self.log_rms_feature + self.log_step_feature + self.level_feature
+
+    @property
+    def num_directions(self) -> int:
+        """How many features are update directions (the gradient and its momenta, over the rms): the first ones."""
+        return 1 + len(self.betas)
+
+    @property
+    def num_outputs(self) -> int:
+        """The head's outputs: the update, (direction, log size), or (mixing weights, log size[, kappa])."""
+        if self.output == "linear":
+            return 1
+        if self.output == "direction_magnitude":
+            return 2
+        return self.num_directions + 1 + self.level_feature
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:
-        """Build from a ``config.json`` dict; unknown and missing fields are errors (nothing is guessed)."""
+        """Build from a ``config.json`` dict; unknown and missing fields are errors (nothing is guessed), except
+        fields added after the first release (:data:`ADDED_FIELDS`), which older files lack."""
+        data = {**ADDED_FIELDS, **data}
         names = {f.name for f in fields(cls)}
         unknown, missing = sorted(set(data) - names), sorted(names - set(data))
         if unknown or missing:
@@ -121,7 +164,8 @@ def state_names(config: NetworkConfig) -> tuple[str, ...]:
     """The per-coordinate state tensors the rule carries, in a fixed order."""
     lstm = tuple(f"{k}{layer}" for layer in range(config.num_layers) for k in ("h", "c"))
     if config.preprocessing == "scale_free":
-        return lstm + tuple(f"m{i}" for i in range(len(config.betas))) + ("v", "t")
+        level = ("u", "r") if config.level_feature else ()
+        return lstm + tuple(f"m{i}" for i in range(len(config.betas))) + ("v", "t") + level
     return lstm
 
 
@@ -131,9 +175,10 @@ def state_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     The step count ``t`` stays float32 whatever ``dtype``: bfloat16 counts only to 256. The EMA of ``g^2`` (``v``)
     is kept in at least float32: with its decay 0.999 one step moves it by 0.1% of ``g^2 - v``, less than half of
     bfloat16's resolution, so in bfloat16 it could only grow (measured: 30% too high after 3000 steady steps, and
-    5.6x too high after the gradients shrank tenfold).
+    5.6x too high after the gradients shrank tenfold). The level's moment and peak (``u``, ``r``) go with it, so
+    that ``log rho`` is exactly 0 at a peak (a bfloat16 peak could sit below the float32 value it is compared to).
     """
-    if name == "t" or (name == "v" and dtype.itemsize < 4):
+    if name == "t" or (name in ("v", "u", "r") and dtype.itemsize < 4):
         return torch.float32
     return dtype
 
@@ -156,8 +201,8 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         h = config.hidden_size
         sizes = [config.num_features] + [h] * (config.num_layers - 1)
         self.layers = nn.ModuleList(nn.Linear(n + h, 4 * h) for n in sizes)
-        skip = config.num_features if config.output == "direction_magnitude" else 0
-        self.head = nn.Linear(h + skip, 1 if config.output == "linear" else 2)
+        skip = config.num_features if config.output != "linear" else 0
+        self.head = nn.Linear(h + skip, config.num_outputs)
         # 2 for the cell input's gate rows, 1 elsewhere (see step); not saved with the weights.
         self.register_buffer("gate_scale", torch.ones(4 * h).index_fill_(0, torch.arange(2 * h, 3 * h), 2.0),
                              persistent=False)
@@ -166,8 +211,9 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
     def reset_parameters(self) -> None:
         """PyTorch's LSTM initialisation, a forget-gate bias of 1, and a head that starts as a sound rule.
 
-        For ``direction_magnitude`` the head starts at ``-(m_0.9 / rms) * output_scale`` (Adam's step direction,
-        ignoring ``h``), so meta-training begins from a working optimizer; for ``linear`` it starts small.
+        For ``direction_magnitude`` and ``momentum_mix`` the head starts at ``-(m_0.9 / rms) * output_scale``
+        (Adam's step direction, ignoring ``h``), so meta-training begins from a working optimizer; for ``linear`` it
+        starts small.
         """
         h = self.config.hidden_size
         bound = 1 / math.sqrt(h)
@@ -179,7 +225,7 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
             if self.config.output == "linear":
                 nn.init.uniform_(self.head.weight, -bound, bound)
                 self.head.bias.zero_()
-        if self.config.output == "direction_magnitude":
+        if self.config.output != "linear":
             self.init_head("adam", self.config.output_scale)
 
     def init_head(self, rule: str, lr: float) -> None:
@@ -189,25 +235,32 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         direction; the EMA's zero start acts as a short warm-up); ``"nag"`` is ``-lr * (g + b/(1-b) m)``, i.e. SGD
         with Nesterov momentum ``b`` (``buf = b buf + g``, ``step = g + b buf``), written as
         ``rms * (g/rms + b/(1-b) m/rms)``; it needs ``log_rms_feature``. Meta-training then starts from a working
-        optimizer and learns corrections through ``h``.
+        optimizer and learns corrections through ``h``. With ``level_feature`` (``momentum_mix``), ``kappa`` starts
+        at ``sigmoid(-3) = 0.05``: nearly the classic rule, with a gradient to learn how the step follows the level.
         """
         cfg = self.config
-        if cfg.output != "direction_magnitude":
-            raise ValueError("init_head needs output='direction_magnitude'")
+        if cfg.output == "linear":
+            raise ValueError("init_head needs output='direction_magnitude' or 'momentum_mix'")
         if rule not in ("adam", "nag") or (rule == "nag" and not cfg.log_rms_feature):
             raise ValueError(f"unknown rule {rule!r} for this config: 'adam', or 'nag' with log_rms_feature")
         index = min(range(len(cfg.betas)), key=lambda i: abs(cfg.betas[i] - 0.9))
         beta, h = cfg.betas[index], cfg.hidden_size
+        # the direction's weight on each direction feature (gradient, momenta), as the classic rule has them
+        weights = {1 + index: -1.0} if rule == "adam" else {0: -1.0, 1 + index: -beta / (1 - beta)}
+        size = 1 if cfg.output == "direction_magnitude" else cfg.num_directions  # the log size's output
         with torch.no_grad():
             self.head.weight.zero_()
             self.head.bias.zero_()
-            self.head.bias[1] = math.log(lr / cfg.output_scale)
-            if rule == "adam":
-                self.head.weight[0, h + 1 + index] = -1.0
-            else:
-                self.head.weight[0, h] = -1.0
-                self.head.weight[0, h + 1 + index] = -beta / (1 - beta)
-                self.head.weight[1, h + 1 + len(cfg.betas)] = 1.0
+            self.head.bias[size] = math.log(lr / cfg.output_scale)
+            for feature, weight in weights.items():
+                if cfg.output == "direction_magnitude":
+                    self.head.weight[0, h + feature] = weight
+                else:
+                    self.head.bias[feature] = weight
+            if rule == "nag":
+                self.head.weight[size, h + cfg.num_directions] = 1.0  # the step scales with rms: exp(log rms)
+            if cfg.level_feature:
+                self.head.bias[size + 1] = -3.0
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_model
@@ -253,6 +306,11 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         x = torch.stack([g] + [acc[f"m{i}"] for i in range(len(cfg.betas))], 1) / rms.unsqueeze(1)
         x = x.clamp(-cfg.feature_clip, cfg.feature_clip)
         extras = ([rms.log()] if cfg.log_rms_feature else []) + ([t.log()] if cfg.log_step_feature else [])
+        if cfg.level_feature:
+            acc["u"] = torch.lerp(state["u"], g * g, 1 - cfg.level_beta)
+            level = (acc["u"] / -torch.expm1(t * math.log(cfg.level_beta)) + LEVEL_FLOOR).sqrt()
+            acc["r"] = torch.maximum(state["r"], level)
+            extras.append(level.log() - acc["r"].log())
         if extras:
             x = torch.cat([x, torch.stack(extras, 1)], 1)
         return x, acc
@@ -281,14 +339,23 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
             c = f * c + i * (2 * g - 1)
             hidden = o * (2 * torch.sigmoid(2 * c) - 1)
             new_state[f"h{layer_index}"], new_state[f"c{layer_index}"] = hidden, c
-        return self._output(hidden, x), new_state
+        return self._output(hidden, x, new_state), new_state
 
-    def _output(self, hidden: Tensor, x: Tensor) -> Tensor:
+    def _output(self, hidden: Tensor, x: Tensor, state: State) -> Tensor:
         cfg = self.config
         if cfg.output == "linear":
             return self.head(hidden).squeeze(1) * cfg.output_scale
-        direction, s = self.head(torch.cat([hidden, x], 1)).unbind(1)
-        bound = cfg.magnitude_bound
+        out = self.head(torch.cat([hidden, x], 1))
+        bound, k = cfg.magnitude_bound, cfg.num_directions
+        if cfg.output == "direction_magnitude":
+            direction, s = out.unbind(1)
+            if cfg.preprocessing == "scale_free":  # a coordinate that never had a gradient is not moved
+                direction = direction * (state["v"] > 0)
+        else:
+            direction, s = (out[:, :k] * x[:, :k]).sum(1), out[:, k]
+            if cfg.level_feature:  # rho^kappa, with log rho the last feature
+                s = s.clamp(-bound, bound) + torch.sigmoid(out[:, k + 1]) * x[:, -1]
+                return direction * torch.exp(s) * cfg.output_scale
         return direction * torch.exp(s.clamp(-bound, bound)) * cfg.output_scale
 
 
