@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from torch_lstm_optim.evaluate import BASELINES, LR_GRID, machine_description, run_optimizer
-from torch_lstm_optim.unroll import Unroll
-from torch_lstm_optim.meta_train import build_task, parse_args, train, validation_scores, validation_seeds
+from torch_lstm_optim.evaluation.evaluate import BASELINES, LR_GRID, machine_description, run_optimizer
+from torch_lstm_optim.meta.unroll import Unroll
+from torch_lstm_optim.meta.train import build_task, parse_args, train, validation_scores, validation_seeds
 
 
 def time_to_beat(log: list[dict], reference: float) -> dict | None:

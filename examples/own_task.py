@@ -6,7 +6,7 @@
 
 1. The family, :class:`TeacherMLPs`: each problem is a fresh data set (targets made by a random "teacher" network)
    and a small student MLP to fit to it with minibatches, as a user who trains the same model on new data every
-   day would. Copy this class and make it yours: the task interface is documented in ``torch_lstm_optim.tasks``.
+   day would. Copy this class and make it yours: the task interface is documented in ``torch_lstm_optim.meta.tasks``.
 2. Fine-tune the starting weights on ``train`` problems of the family (``torch_lstm_optim.meta_train``, the same
    code as its command line). Without ``--init-weights`` the start is a fresh scale-free network, which IS Adam at
    learning rate 0.03 until meta-training changes it.
@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, NetworkConfig, load_network
-from torch_lstm_optim.evaluate import BASELINES, LR_GRID, evaluate, machine_description, table
-from torch_lstm_optim.meta_train import main as meta_train
-from torch_lstm_optim.tasks import Forward, Problem, make_task, module_problem, step_generator
+from torch_lstm_optim.evaluation.evaluate import BASELINES, LR_GRID, evaluate, machine_description, table
+from torch_lstm_optim.meta.train import main as meta_train
+from torch_lstm_optim.meta.tasks import Forward, Problem, make_task, module_problem, step_generator
 
 # A fresh network of this config starts as Adam's step at learning rate 0.03 (see NetworkConfig).
 SCALE_FREE = dict(preprocessing="scale_free", log_rms_feature=True, output="direction_magnitude", output_scale=0.03)
@@ -49,7 +49,7 @@ class TeacherMLPs:
     units (targets standardised), by mean squared error on minibatches of ``batch_size``.
 
     It defines ``sample(seed)`` with no split: the library keeps ``train``, ``val`` and ``test`` problems apart by
-    seed (``torch_lstm_optim.tasks.split_seed``). A task with a fixed data set would take ``sample(seed, split)``.
+    seed (``torch_lstm_optim.meta.tasks.split_seed``). A task with a fixed data set would take ``sample(seed, split)``.
     """
 
     inputs: int = 4

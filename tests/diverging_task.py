@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from torch_lstm_optim.tasks import Problem
-from torch_lstm_optim.tasks.quadratic import Quadratic
+from torch_lstm_optim.meta.tasks import Problem
+from torch_lstm_optim.meta.tasks.quadratic import Quadratic
 
 
 @dataclass

@@ -61,7 +61,7 @@ def test_benchmark_runs_and_writes_json(step_cost: ModuleType, tmp_path: Path,
 def test_meta_train_speed_scores_adam_like_the_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:
     """Reading a run's log: tuned Adam is scored with the run's validation metric (here log_ratio, negative)."""
-    from torch_lstm_optim.meta_train import main as meta_train_main
+    from torch_lstm_optim.meta.train import main as meta_train_main
 
     run = tmp_path / "run"
     meta_train_main(["--task", "quadratic", "--iterations", "2", "--meta-batch", "2", "--eval-every", "1",

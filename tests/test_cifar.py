@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from torch_lstm_optim import LSTMOptimizer
-from torch_lstm_optim.tasks import TaskError, make_task
+from torch_lstm_optim.meta.tasks import TaskError, make_task
 
 from conftest import make_network
 

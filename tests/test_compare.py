@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import make_network
 
-from torch_lstm_optim.compare import compare, main, scores
-from torch_lstm_optim.meta_train import validation_scores
-from torch_lstm_optim.tasks import make_task
-from torch_lstm_optim.unroll import Unroll, advance
+from torch_lstm_optim.evaluation.compare import compare, main, scores
+from torch_lstm_optim.meta.train import validation_scores
+from torch_lstm_optim.meta.tasks import make_task
+from torch_lstm_optim.meta.unroll import Unroll, advance
 from torch_lstm_optim.weights import bundled_root
 
 

@@ -24,8 +24,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from torch_lstm_optim import distributed
-from torch_lstm_optim.meta_train import main
-from torch_lstm_optim.tasks import Problem
+from torch_lstm_optim.meta.train import main
+from torch_lstm_optim.meta.tasks import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--iterations", "3", "--meta-batch", "4", "--eval-every", "1", "--no-compile", "--threads", "1",

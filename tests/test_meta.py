@@ -13,12 +13,12 @@ import torch
 from conftest import make_network
 
 from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, NetworkConfig, load_network
-from torch_lstm_optim.evaluate import evaluate, run_optimizer
-from torch_lstm_optim.evaluate import main as evaluate_main
-from torch_lstm_optim.meta_train import main as meta_train_main
-from torch_lstm_optim.meta_train import parse_args, validate
-from torch_lstm_optim.tasks import Problem, TaskError, make_task
-from torch_lstm_optim.unroll import Unroll, advance, meta_loss
+from torch_lstm_optim.evaluation.evaluate import evaluate, run_optimizer
+from torch_lstm_optim.evaluation.evaluate import main as evaluate_main
+from torch_lstm_optim.meta.train import main as meta_train_main
+from torch_lstm_optim.meta.train import parse_args, validate
+from torch_lstm_optim.meta.tasks import Problem, TaskError, make_task
+from torch_lstm_optim.meta.unroll import Unroll, advance, meta_loss
 
 SCALE_FREE = dict(preprocessing="scale_free", log_rms_feature=True, output="direction_magnitude")
 
@@ -65,7 +65,7 @@ def test_meta_gradient_reaches_every_weight_without_second_derivatives() -> None
 
 def test_a_validation_loss_of_exactly_zero_scores_finitely() -> None:
     """Else the mean log ratio is -inf and that checkpoint stays the best for ever."""
-    from torch_lstm_optim.meta_train import validation_scores
+    from torch_lstm_optim.meta.train import validation_scores
 
     finals, initial = torch.tensor([0.0, 0.5]), torch.tensor([2.0, 1.0])
     scores = validation_scores(finals, initial, "log_ratio")
@@ -275,7 +275,7 @@ def test_evaluate_runs_one_network_per_class(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_card_sections_are_replaced_in_place(tmp_path: Path) -> None:
-    from torch_lstm_optim.evaluate import write_card_section
+    from torch_lstm_optim.evaluation.evaluate import write_card_section
 
     (tmp_path / "README.md").write_text("---\nx: 1\n---\n# title\n\n## Evaluation\n\nold\n\n## Flags\n\nkept\n")
     write_card_section(tmp_path, "## Evaluation", "new")
@@ -301,7 +301,7 @@ def test_a_baseline_at_exactly_zero_loss_gives_a_ratio() -> None:
 @pytest.mark.parametrize("seed, warns", [(0, False), (1, True), (2, True), (3, False)])
 def test_seeds_whose_training_problems_are_held_out_problems_warn(seed: int, warns: bool) -> None:
     """With --seed 1 or 2 a quadratic run's training problems ARE val or test problems (same generator seed)."""
-    from torch_lstm_optim.meta_train import MetaTrainConfig, training_seeds, warn_if_seeds_meet_other_splits
+    from torch_lstm_optim.meta.train import MetaTrainConfig, training_seeds, warn_if_seeds_meet_other_splits
 
     config = MetaTrainConfig(seed=seed, iterations=10, meta_batch=4)
     task = make_task("quadratic", dim=3)

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from torch_lstm_optim import CoordinatewiseLSTM, NetworkConfig, load_network
-from torch_lstm_optim.meta_train import main
+from torch_lstm_optim.meta.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--task", "quadratic", "--iterations", "6", "--horizon", "4", "--truncation", "2", "--meta-batch", "2",
@@ -363,7 +363,7 @@ class Killed(Exception):
 
 def test_every_folder_a_run_wrote_to_holds_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The checkpoint comes first, so a run stopped before its first validation ends still resumes with --resume."""
-    import torch_lstm_optim.meta_train as meta_train_module
+    import torch_lstm_optim.meta.train as meta_train_module
 
     out, validate = tmp_path / "run", meta_train_module.validate
 

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from torch_lstm_optim import CoordinatewiseLSTM, load_network
-from torch_lstm_optim.evaluate import evaluate
-from torch_lstm_optim.meta_train import main as meta_train
-from torch_lstm_optim.tasks import Problem, SeedSplits, TaskError, make_task, module_problem, step_generator
+from torch_lstm_optim.evaluation.evaluate import evaluate
+from torch_lstm_optim.meta.train import main as meta_train
+from torch_lstm_optim.meta.tasks import Problem, SeedSplits, TaskError, make_task, module_problem, step_generator
 from torch_lstm_optim.weights import WeightsSource, read_folder
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -175,7 +175,7 @@ def test_fine_tuning_a_hub_repo_records_its_commit(tmp_path: Path, weights_folde
         network.source = WeightsSource(weights, str(weights_folder), "0123abc")
         return network
 
-    monkeypatch.setattr("torch_lstm_optim.meta_train.load_network", from_hub)
+    monkeypatch.setattr("torch_lstm_optim.meta.train.load_network", from_hub)
     out = tmp_path / "tuned"
     meta_train(["--task", "quadratic", "--task-arg", "dim=3", "--init-weights", "org/name", "--out", str(out),
                 *TINY])

@@ -93,7 +93,7 @@ def test_missing_mnist_is_a_row_not_a_crash(tmp_path: Path) -> None:
 
 
 def test_the_held_column_says_when_the_learned_optimizer_does_better_than_the_paper() -> None:
-    from torch_lstm_optim.reproduce import held_text
+    from torch_lstm_optim.evaluation.reproduce import held_text
 
     assert held_text({"held": True, "claim": "beats"}) == "yes"
     assert held_text({"held": False, "claim": "beats"}) == "no"

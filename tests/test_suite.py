@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from torch_lstm_optim.evaluate import Run, main as evaluate_main, run_optimizer
-from torch_lstm_optim.suite import QUICK, TUNED, untuned_baselines
-from torch_lstm_optim.tasks import Problem, TaskError, make_task
-from torch_lstm_optim.tasks.base import _check_problem
+from torch_lstm_optim.evaluation.evaluate import Run, main as evaluate_main, run_optimizer
+from torch_lstm_optim.evaluation.suite import QUICK, TUNED, untuned_baselines
+from torch_lstm_optim.meta.tasks import Problem, TaskError, make_task
+from torch_lstm_optim.meta.tasks.base import _check_problem
 from torch_lstm_optim.weights import fingerprint, load_network, resolve
 
 
@@ -90,7 +90,7 @@ def test_heldout_problems():
     """At least 12 problems of at least 4 families; each builds on val and test, the same when sampled again, with
     val and test apart; none can be meta-trained on; losses are >= 0 and the test functions' minima exactly 0."""
     pytest.importorskip("sklearn")
-    from torch_lstm_optim.tasks.heldout import FAMILIES, SUITE, Beale, Rastrigin, Rosenbrock, why
+    from torch_lstm_optim.evaluation.heldout import FAMILIES, SUITE, Beale, Rastrigin, Rosenbrock, why
 
     assert len(SUITE) >= 12 and len(FAMILIES) >= 4 and all(why(name) for name in SUITE)
     for name, factory in SUITE.items():
@@ -133,8 +133,8 @@ def test_final_loss_in_eval_mode():
 def test_windowed_tuning_picks_what_the_whole_grid_picks():
     """Tuning from a shorter horizon's learning rate, widened while the best is at an edge, lands on the whole
     grid's choice (SGD on x^2: unimodal in the learning rate), trying fewer learning rates when it starts near it."""
-    from torch_lstm_optim.evaluate import BASELINES, LR_GRID
-    from torch_lstm_optim.suite import tune
+    from torch_lstm_optim.evaluation.evaluate import BASELINES, LR_GRID
+    from torch_lstm_optim.evaluation.suite import tune
 
     class Parabola:
         name = "parabola"
@@ -150,14 +150,14 @@ def test_windowed_tuning_picks_what_the_whole_grid_picks():
 
 
 def test_a_heldout_problem_evaluates_on_its_own(tmp_path):
-    """``evaluate --task torch_lstm_optim.tasks.heldout:Beale`` works: it samples only val and test, the splits a
+    """``evaluate --task torch_lstm_optim.evaluation.heldout:Beale`` works: it samples only val and test, the splits a
     held-out problem allows, and still refuses to meta-train on one."""
-    evaluate_main(["--task", "torch_lstm_optim.tasks.heldout:Beale", "--weights", "generalist", "--steps", "5",
+    evaluate_main(["--task", "torch_lstm_optim.evaluation.heldout:Beale", "--weights", "generalist", "--steps", "5",
                    "--runs", "2", "--tune-runs", "1", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["task"] == "beale-2d" and math.isfinite(result["optimizers"]["learned"]["final_mean"])
     with pytest.raises(TaskError, match="held-out evaluation problem"):
-        make_task("torch_lstm_optim.tasks.heldout:Beale")
+        make_task("torch_lstm_optim.evaluation.heldout:Beale")
 
 
 def test_a_folder_that_now_holds_other_weights_is_not_resumed(tmp_path, capsys):

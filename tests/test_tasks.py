@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from torch_lstm_optim.tasks import Problem, TaskError, make_task
+from torch_lstm_optim.meta.tasks import Problem, TaskError, make_task
 
 pytest.importorskip("torchvision")
 
@@ -82,7 +82,7 @@ def test_unknown_task_and_bad_options() -> None:
 
 USER_TASKS = textwrap.dedent('''
     import torch
-    from torch_lstm_optim.tasks import Problem
+    from torch_lstm_optim.meta.tasks import Problem
 
     class Good:
         name = "good"
@@ -123,7 +123,7 @@ def test_user_task_by_path(user_module: str) -> None:
 @pytest.mark.parametrize("factory, message", [
     ("NotAScalar", "must return a scalar tensor"),
     ("NotFinite", "not finite"),
-    ("WrongReturn", "must return a torch_lstm_optim.tasks.Problem"),
+    ("WrongReturn", "must return a torch_lstm_optim.meta.tasks.Problem"),
     ("not_a_task", "expected an object with a 'name'"),
     ("Missing", "cannot import 'Missing'"),
 ])

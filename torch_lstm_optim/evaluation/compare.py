@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..meta.outputs import check_out, command_line, write_json
+from ..meta.tasks import MAX_SEED, Problem, TaskError, make_task
+from ..meta.train import validation_scores
+from ..meta.unroll import Unroll, advance
+from ..network import CoordinatewiseLSTM
+from ..weights import WeightsError, fingerprint, load_network
 from .evaluate import machine_description, parse_task_args
-from .meta_train import validation_scores
-from .network import CoordinatewiseLSTM
-from .outputs import check_out, command_line, write_json
-from .tasks import MAX_SEED, Problem, TaskError, make_task
-from .unroll import Unroll, advance
-from .weights import WeightsError, fingerprint, load_network
 
 
 def scores(network: CoordinatewiseLSTM, problems: list[Problem], steps: int, metric: str) -> Tensor:

@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .network import CoordinatewiseLSTM
-from .optimizer import LSTMOptimizer
-from .outputs import check_out, command_line, write_json
-from .tasks import Problem, Task, TaskError, make_task
-from .unroll import Networks, param_labels
-from .weights import WeightsError, load_network
+from ..meta.outputs import check_out, command_line, write_json
+from ..meta.tasks import Problem, Task, TaskError, make_task
+from ..meta.unroll import Networks, param_labels
+from ..network import CoordinatewiseLSTM
+from ..optimizer import LSTMOptimizer
+from ..weights import WeightsError, load_network
 
 OptimizerFactory = Callable[[list[Tensor], float], torch.optim.Optimizer]
 BASELINES: dict[str, OptimizerFactory] = {

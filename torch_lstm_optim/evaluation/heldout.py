@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Problem, TaskError, module_problem, split_seed, step_generator
+from ..meta.tasks.base import Problem, TaskError, module_problem, split_seed, step_generator
 
 EVAL_SPLITS = ("val", "test")
 BATCH = 32

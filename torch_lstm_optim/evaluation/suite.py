@@ -1,9 +1,9 @@
 """The generalization suite: the learned optimizer, untuned, on held-out problems of families it never trained on.
 
 ``python -m torch_lstm_optim.evaluate --suite generalization --out results/generalization [--weights W] [--quick]``
-(or ``python -m torch_lstm_optim.suite ...``, the same).
+(or ``python -m torch_lstm_optim.evaluation.suite ...``, the same).
 
-Every problem of :data:`torch_lstm_optim.tasks.heldout.SUITE` runs at every horizon (100 and 1000 steps) on
+Every problem of :data:`torch_lstm_optim.evaluation.heldout.SUITE` runs at every horizon (100 and 1000 steps) on
 ``--seeds`` ``test`` problems, the same problems and minibatches for every optimizer:
 
 - the learned optimizer, untuned: ``LSTMOptimizer(params, weights=W)`` at its default ``lr=1``;
@@ -40,14 +40,14 @@ from typing import Any
 
 import torch
 
+from ..meta.outputs import check_out, command_line, write_json
+from ..meta.tasks import TaskError
+from ..meta.tasks.base import _check_problem
+from ..network import CoordinatewiseLSTM
+from ..weights import WeightsError, fingerprint, load_network
 from .evaluate import (BASELINES, LR_GRID, MAX_LR, OptimizerFactory, card_folder, evaluate, learned_optimizer,
                        machine_description, run_optimizer, summarise, tune_lr, write_card_section)
-from .network import CoordinatewiseLSTM
-from .outputs import check_out, command_line, write_json
-from .tasks import TaskError
-from .tasks.base import _check_problem
-from .tasks.heldout import FAMILY_OF, SUITE, why
-from .weights import WeightsError, fingerprint, load_network
+from .heldout import FAMILY_OF, SUITE, why
 
 SUITES: dict[str, dict[str, Callable[[], Any]]] = {"generalization": SUITE}
 TUNED = ("sgd", "nag", "rmsprop", "adam", "adamw")

@@ -13,8 +13,8 @@ shorter horizons, episodes start at the first and move to the next each time val
 checkpoint is written atomically after every meta-iteration; ``--resume`` continues from it and gives the same
 result as an uninterrupted run (problems are drawn from (seed, iteration), so no RNG state is needed). Under
 ``torchrun --nproc-per-node N`` each process unrolls an equal share of the meta-batch and the meta-gradients are
-averaged (:mod:`torch_lstm_optim.distributed`): the same result as one process, within float rounding; rank 0 writes
-the files. The output folder holds ``config.json`` + ``model.safetensors`` (the best weights), a model card
+averaged (:mod:`torch_lstm_optim.meta.distributed`): the same result as one process, within float rounding; rank 0
+writes the files. The output folder holds ``config.json`` + ``model.safetensors`` (the best weights), a model card
 ``README.md``, ``log.jsonl`` and ``checkpoint.pt``.
 """
 
@@ -39,15 +39,15 @@ import torch
 
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..evaluation.evaluate import machine_description, parse_task_args
+from ..hub import PushError, check_repo_id, push_to_hub
+from ..network import CoordinatewiseLSTM, NetworkConfig
+from ..weights import WEIGHTS_FILE, WeightsError, load_network
 from . import distributed
-from .evaluate import machine_description, parse_task_args
-from .hub import PushError, check_repo_id, push_to_hub
-from .network import CoordinatewiseLSTM, NetworkConfig
 from .outputs import OutputError, atomic_write
 from .tasks import MAX_SEED, Task, TaskError, make_task
 from .tasks.base import SPLIT_STRIDE, SPLITS
 from .unroll import SINGLE, Networks, Rule, Unroll, advance, as_classes, meta_loss, param_labels
-from .weights import WEIGHTS_FILE, WeightsError, load_network
 
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .network import CoordinatewiseLSTM, State
+from ..network import CoordinatewiseLSTM, State
 from .tasks import Params, Problem, TaskError
 
 

@@ -24,10 +24,10 @@ Optional:
 
 Naming a task: the built-in names (``quadratic``, ``mnist-mlp``) or ``package.module:factory``, where ``factory``
 (a class or a function) is called with the options as keyword arguments: ``--task-arg key=value`` on the command
-lines (values read as Python literals), ``**options`` of :func:`~torch_lstm_optim.tasks.make_task`; and with
+lines (values read as Python literals), ``**options`` of :func:`~torch_lstm_optim.meta.tasks.make_task`; and with
 ``data_dir`` if it takes one. The same name works in ``meta_train``, ``evaluate`` and the Python API.
 
-Validation: :func:`check_task`, which :func:`~torch_lstm_optim.tasks.make_task` runs on every task built (so every
+Validation: :func:`check_task`, which :func:`~torch_lstm_optim.meta.tasks.make_task` runs on every task built (so every
 command line does, before any training), samples a ``train`` and a ``val`` problem and raises :class:`TaskError`
 naming the task and what is wrong: not a task, a factory that returns something else, a loss that is not a scalar,
 not finite at the initial parameters, or that leaves a parameter without a gradient, or a problem that is not the
@@ -171,7 +171,7 @@ def _check_problem(task: Task, split: str, where: str) -> Problem:
     except Exception as error:  # the task's own code (often its options) failed: say which task, not a traceback
         raise TaskError(f"{where} failed: {type(error).__name__}: {error}") from error
     if not isinstance(problem, Problem):
-        raise TaskError(f"{where} must return a torch_lstm_optim.tasks.Problem, found {type(problem).__name__}")
+        raise TaskError(f"{where} must return a torch_lstm_optim.meta.tasks.Problem, found {type(problem).__name__}")
     if not problem.params or not all(isinstance(v, Tensor) and v.is_floating_point() for v in problem.params.values()):
         raise TaskError(f"{where}: problem.params must be a non-empty dict of floating-point tensors")
     unknown = sorted(set(problem.param_classes) - set(problem.params))
