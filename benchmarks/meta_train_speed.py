@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from torch_lstm_optim.evaluation.evaluate import BASELINES, LR_GRID, machine_description, run_optimizer
-from torch_lstm_optim.meta.unroll import Unroll
+from torch_lstm_optim.evaluation.evaluate import BASELINES, LR_GRID, run_optimizer
+from torch_lstm_optim.meta.outputs import machine_description
 from torch_lstm_optim.meta.train import build_task, parse_args, train, validation_scores, validation_seeds
+from torch_lstm_optim.meta.unroll import Unroll
 
 
 def time_to_beat(log: list[dict], reference: float) -> dict | None:

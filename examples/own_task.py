@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, NetworkConfig, load_network
-from torch_lstm_optim.evaluation.evaluate import BASELINES, LR_GRID, evaluate, machine_description, table
-from torch_lstm_optim.meta.train import main as meta_train
+from torch_lstm_optim.evaluation.evaluate import BASELINES, LR_GRID, evaluate, table
+from torch_lstm_optim.meta.outputs import machine_description
 from torch_lstm_optim.meta.tasks import Forward, Problem, make_task, module_problem, step_generator
+from torch_lstm_optim.meta.train import main as meta_train
 
 # A fresh network of this config starts as Adam's step at learning rate 0.03 (see NetworkConfig).
 SCALE_FREE = dict(preprocessing="scale_free", log_rms_feature=True, output="direction_magnitude", output_scale=0.03)

@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..meta.outputs import check_out, command_line, write_json
+from ..meta.outputs import check_out, command_line, machine_description, write_json
 from ..meta.tasks import MAX_SEED, Problem, TaskError, make_task
+from ..meta.tasks.base import parse_task_args
 from ..meta.train import validation_scores
 from ..meta.unroll import Unroll, advance
 from ..network import CoordinatewiseLSTM
 from ..weights import WeightsError, fingerprint, load_network
-from .evaluate import machine_description, parse_task_args
 
 
 def scores(network: CoordinatewiseLSTM, problems: list[Problem], steps: int, metric: str) -> Tensor:

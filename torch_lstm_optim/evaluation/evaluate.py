@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -22,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..meta.outputs import check_out, command_line, write_json
+from ..meta.outputs import check_out, command_line, machine_description, write_json
 from ..meta.tasks import Problem, Task, TaskError, make_task
+from ..meta.tasks.base import parse_task_args
 from ..meta.unroll import Networks, param_labels
 from ..network import CoordinatewiseLSTM
 from ..optimizer import LSTMOptimizer
@@ -245,26 +245,6 @@ def _mean(values: list[float]) -> float:
     return math.inf if any(not math.isfinite(v) for v in values) else sum(values) / len(values)
 
 
-def parse_task_args(items: list[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` -> dict, values read as Python literals where they parse (``hidden=(40,40)``), ``nan``
-    and ``inf`` as floats (for the task to refuse by name); ValueError names a malformed item or a reserved key."""
-    import ast
-
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--task-arg expects key=value, found {item!r}")
-        if key in ("name", "data_dir", "splits"):
-            hint = " (use --data-dir)" if key == "data_dir" else ""
-            raise ValueError(f"--task-arg {key}: not a task option{hint}")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = float(value) if value.strip().lower().lstrip("+-") in ("nan", "inf") else value
-    return options
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(arg == "--suite" or arg.startswith("--suite=") for arg in argv):
@@ -374,18 +354,6 @@ def load_weights_arg(values: list[str]) -> Networks:
         raise WeightsError(f"--weights: give one name/folder/hub id, or CLASS=WEIGHTS once per class; found "
                            f"{values}")
     return {label: load_network(weights) for label, _, weights in pairs}
-
-
-def machine_description() -> str:
-    """CPU model, threads used and torch version: what a timing or a wall time was measured on."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = f"{names[0]} ({len(names)} cores)" if names else cpu
-    device = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}{device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from ..meta.outputs import OutputError, check_out, command_line, write_json
+from ..meta.outputs import OutputError, check_out, command_line, machine_description, write_json
 from ..meta.tasks import TaskError, make_task
 from ..weights import WeightsError, bundled_names, fingerprint, load_network
-from .evaluate import LR_GRID, evaluate, machine_description, plot
+from .evaluate import LR_GRID, evaluate, plot
 
 QUICK = dict(steps_divisor=10, runs=2, tune_runs=1, grid=(LR_GRID[4], LR_GRID[6], LR_GRID[8]))  # lr 0.01, 0.1, 1
 QUICK_TASK_OPTIONS = {"mnist-mlp": {"val_size": 100},

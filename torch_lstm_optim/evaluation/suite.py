@@ -40,13 +40,13 @@ from typing import Any
 
 import torch
 
-from ..meta.outputs import check_out, command_line, write_json
+from ..meta.outputs import check_out, command_line, machine_description, write_json
 from ..meta.tasks import TaskError
 from ..meta.tasks.base import _check_problem
 from ..network import CoordinatewiseLSTM
 from ..weights import WeightsError, fingerprint, load_network
 from .evaluate import (BASELINES, LR_GRID, MAX_LR, OptimizerFactory, card_folder, evaluate, learned_optimizer,
-                       machine_description, run_optimizer, summarise, tune_lr, write_card_section)
+                       run_optimizer, summarise, tune_lr, write_card_section)
 from .heldout import FAMILY_OF, SUITE, why
 
 SUITES: dict[str, dict[str, Callable[[], Any]]] = {"generalization": SUITE}

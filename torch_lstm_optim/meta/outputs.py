@@ -1,5 +1,7 @@
 """Where the command-line tools write: atomic files, and output folders that never silently replace other results.
 
+Shared by meta-training and evaluation (which may import this package, never the reverse).
+
 Every tool records its exact command line in ``results.json`` (``"command"``). Before a run starts,
 :func:`check_out` refuses an ``--out`` that is a file, or a folder whose ``results.json`` was written by another
 command (another tool, other settings, other weights): results a user kept are replaced only when asked for
@@ -11,10 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+import torch
 
 
 class OutputError(ValueError):
@@ -61,3 +66,15 @@ def check_out(out: Path, command: str, overwrite: bool = False,
     if not (same(previous) if same is not None and isinstance(previous, dict) else theirs == command):
         raise OutputError(f"--out {out}: holds the results of another command ({theirs or 'not recorded'}); "
                           "choose another --out, or pass --overwrite to replace them")
+
+
+def machine_description() -> str:
+    """CPU model, threads used and torch version: what a timing or a wall time was measured on."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = f"{names[0]} ({len(names)} cores)" if names else cpu
+    device = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}{device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"

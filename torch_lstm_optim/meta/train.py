@@ -39,14 +39,13 @@ import torch
 
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..evaluation.evaluate import machine_description, parse_task_args
 from ..hub import PushError, check_repo_id, push_to_hub
 from ..network import CoordinatewiseLSTM, NetworkConfig
 from ..weights import WEIGHTS_FILE, WeightsError, load_network
 from . import distributed
-from .outputs import OutputError, atomic_write
+from .outputs import OutputError, atomic_write, machine_description
 from .tasks import MAX_SEED, Task, TaskError, make_task
-from .tasks.base import SPLIT_STRIDE, SPLITS
+from .tasks.base import SPLIT_STRIDE, SPLITS, parse_task_args
 from .unroll import SINGLE, Networks, Rule, Unroll, advance, as_classes, meta_loss, param_labels
 
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,

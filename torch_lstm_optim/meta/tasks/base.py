@@ -49,12 +49,13 @@ A complete task (the paper's quadratics), used with ``--task my_module:Quadratic
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -251,3 +252,21 @@ def _unreadable(label: str, folder: Path, error: Exception) -> TaskError:
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A generator fixed by (problem seed, step): minibatches independent of what ran before."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def parse_task_args(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict, values read as Python literals where they parse (``hidden=(40,40)``), ``nan``
+    and ``inf`` as floats (for the task to refuse by name); ValueError names a malformed item or a reserved key."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task-arg expects key=value, found {item!r}")
+        if key in ("name", "data_dir", "splits"):
+            hint = " (use --data-dir)" if key == "data_dir" else ""
+            raise ValueError(f"--task-arg {key}: not a task option{hint}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = float(value) if value.strip().lower().lstrip("+-") in ("nan", "inf") else value
+    return options
