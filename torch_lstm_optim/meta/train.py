@@ -121,7 +121,8 @@ class MetaTrainConfig:
     resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoint.pt"})
     init_weights: str | None = field(default=None, metadata={"help": "start from these weights (name/folder/hub)"})
     init_rule: str = field(default="adam", metadata={
-        "help": "for a fresh direction_magnitude network: the classic rule its head starts as, 'adam' or 'nag'"})
+        "help": "for a fresh direction_magnitude or momentum_mix network: the classic rule its head starts as, "
+                "'adam' or 'nag'"})
     init_lr: float | None = field(default=None, metadata={
         "help": "learning rate of that starting rule (default: output_scale)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
@@ -375,7 +376,7 @@ def start_networks(config: MetaTrainConfig, network_config: NetworkConfig) -> to
             network = load_network(config.init_weights)
         else:
             network = CoordinatewiseLSTM(network_config)
-            if network_config.output == "direction_magnitude":
+            if network_config.output != "linear":
                 network.init_head(config.init_rule, config.init_lr or network_config.output_scale)
         networks[label] = network
     return networks[SINGLE] if not config.param_classes else torch.nn.ModuleDict(networks)

@@ -13,7 +13,7 @@ from typing import Any
 from .base import (MAX_SEED, Forward, Params, Problem, SeedSplits, Task, TaskError, check_task, module_problem,
                    split_seed, step_generator)
 from .cifar import Cifar10Conv
-from .generated import LinearModel, TestFunction
+from .generated import LinearModel, SymmetricFactorisation, TestFunction
 from .mixture import Mixture
 from .mnist import MnistConv, MnistMLP
 from .quadratic import Quadratic
@@ -21,7 +21,8 @@ from .teacher import Teacher
 
 TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": MnistMLP, "mnist-conv": MnistConv,
                                          "cifar10-conv": Cifar10Conv, "teacher": Teacher, "linear-model": LinearModel,
-                                         "test-function": TestFunction, "mixture": Mixture}
+                                         "test-function": TestFunction,
+                                         "symmetric-factorisation": SymmetricFactorisation, "mixture": Mixture}
 
 __all__ = ["MAX_SEED", "Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task",
            "make_task", "module_problem", "split_seed", "step_generator"]

@@ -8,6 +8,9 @@ baselines drive to tiny losses. These two download-free families put that regime
   (``feature_scale``: per-feature factors ``exp(U(-s, s))``, as raw tabular data has), labelled by a random linear
   teacher with noise ``noise`` (0 gives exact fits and separable classes, whose loss goes to 0 only as the weights
   grow), trained full-batch or on minibatches.
+- :class:`SymmetricFactorisation`: a fully observed rank-``rank`` positive semi-definite matrix fitted as ``X X^T``
+  (Burer-Monteiro), which tuned gradient descent drives to a loss of 1e-10 and below. The suite's matrix completion
+  (asymmetric ``U V^T`` from a third of the entries, on minibatches) stays held out.
 - :class:`TestFunction`: classic smooth functions with minimum exactly 0 (Booth, Matyas, Himmelblau, three-hump
   camel, Zakharov), each coordinate stretched by ``exp(U(-1, 1))`` and started uniformly in a box. None of them is
   in the generalization suite (Rosenbrock, Beale and Rastrigin are kept for it).
@@ -63,6 +66,29 @@ class LinearModel:
             return criterion(forward(x[index]), y[index])
 
         return module_problem(model, batch_loss, eval_loss=lambda forward: criterion(forward(x), y))
+
+
+@dataclass
+class SymmetricFactorisation:
+    """``mean((X X^T - M)^2)`` for ``M = A A^T / rank`` (``A`` is ``size x rank``, N(0, 1)) and ``X`` of ``size x
+    factors`` (``factors >= rank``: the minimum is exactly 0), started at ``0.1 N(0, 1)``; full batch."""
+
+    size: int = 20
+    rank: int = 2
+    factors: int = 4
+    name: str = "symmetric-factorisation"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rank <= self.factors or self.size < 1:
+            raise TaskError(f"task {self.name!r}: needs size >= 1 and 1 <= rank <= factors, found size={self.size}, "
+                            f"rank={self.rank}, factors={self.factors}")
+
+    def sample(self, seed: int, split: str = "train") -> Problem:
+        gen = torch.Generator().manual_seed(split_seed(seed, split))
+        a = torch.randn(self.size, self.rank, generator=gen)
+        target = a @ a.T / self.rank
+        x = torch.randn(self.size, self.factors, generator=gen) * 0.1
+        return Problem(params={"x": x}, loss=lambda p, step: (p["x"] @ p["x"].T - target).square().mean())
 
 
 def _zakharov(v: Tensor) -> Tensor:

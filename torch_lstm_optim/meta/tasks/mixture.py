@@ -4,11 +4,12 @@ Families (``families``): MLPs on MNIST (1-3 hidden layers of 8-128 units; sigmoi
 32-256; the digits at 28x28 or average-pooled to 14x14 or 7x7), small conv nets on MNIST (1-2 conv layers of 4-16
 channels, kernel 3 or 5, stride 1 or 2, with or without max pooling, an optional hidden linear layer), quadratics of
 dimension 2-100 and condition number 1-1e4, and student MLPs on data from random teacher MLPs (regression or 2-10
-classes, 4-64 inputs, noise 0-0.5). Two more families must be asked for by name (``families``; the default is the
+classes, 4-64 inputs, noise 0-0.5). Three more families must be asked for by name (``families``; the default is the
 four above, the mixture the shipped generalist was trained on): ``linear``, linear, logistic and softmax regression
 on generated data with features of unequal scales, noiseless half the time (separable classes, exact fits), full-batch
-half the time; and ``function``, stretched test functions with minimum 0 (see :mod:`.generated`). Both end near a
-loss of zero, a regime the MNIST families never reach. Sizes are drawn log-uniformly; a draw with more than
+half the time; ``function``, stretched test functions with minimum 0; and ``factorisation``, symmetric low-rank
+factorisations ``X X^T`` of 5-40 x 5-40 matrices of rank 1-4 (see :mod:`.generated`). All three end near a loss of
+zero, a regime the MNIST families never reach. Sizes are drawn log-uniformly; a draw with more than
 ``max_params`` parameters (or a conv net that pools its images away) is drawn again (the meta-trainer's cost grows
 with the coordinates, and 2 CPU cores train this).
 
@@ -26,12 +27,12 @@ from dataclasses import dataclass, replace
 import torch
 
 from .base import Problem, TaskError, split_seed
-from .generated import FUNCTIONS, LinearModel, TestFunction
+from .generated import FUNCTIONS, LinearModel, SymmetricFactorisation, TestFunction
 from .mnist import ACTIVATIONS, MnistConv, MnistMLP
 from .quadratic import Quadratic
 from .teacher import Teacher
 
-FAMILIES = ("mnist-mlp", "mnist-conv", "quadratic", "teacher", "linear", "function")
+FAMILIES = ("mnist-mlp", "mnist-conv", "quadratic", "teacher", "linear", "function", "factorisation")
 DEFAULT_FAMILIES = FAMILIES[:4]
 
 
@@ -87,6 +88,9 @@ class Mixture:
         if family == "function":
             function = draw.choice(tuple(FUNCTIONS))
             return TestFunction(function=function, dim=FUNCTIONS[function][1] or draw.log_int(2, 20))
+        if family == "factorisation":
+            rank = draw.log_int(1, 4)
+            return SymmetricFactorisation(size=draw.log_int(5, 40), rank=rank, factors=rank + draw.log_int(1, 4) - 1)
         if family == "teacher":
             classify = draw.choice((False, True))
             return Teacher(inputs=draw.log_int(4, 64), teacher_hidden=draw.log_int(8, 64),
