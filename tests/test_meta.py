@@ -13,8 +13,8 @@ import torch
 from conftest import make_network
 
 from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, NetworkConfig, load_network
+from torch_lstm_optim.evaluate import main as evaluate_main
 from torch_lstm_optim.evaluation.evaluate import evaluate, run_optimizer
-from torch_lstm_optim.evaluation.evaluate import main as evaluate_main
 from torch_lstm_optim.meta.train import main as meta_train_main
 from torch_lstm_optim.meta.train import parse_args, validate
 from torch_lstm_optim.meta.tasks import Problem, TaskError, make_task

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import make_network
 
-from torch_lstm_optim.evaluation.evaluate import main as evaluate_main
+from torch_lstm_optim.evaluate import main as evaluate_main
 from torch_lstm_optim.meta.outputs import OutputError, check_out, command_line
 from torch_lstm_optim.weights import read_folder
 

@@ -11,7 +11,7 @@ from conftest import make_network
 
 import torch_lstm_optim.evaluation.evaluate as evaluate_module
 from torch_lstm_optim import LSTMOptimizer
-from torch_lstm_optim.evaluation.evaluate import main as evaluate_main
+from torch_lstm_optim.evaluate import main as evaluate_main
 
 TINY = ["--task", "quadratic", "--task-arg", "dim=4", "--steps", "3", "--runs", "2", "--tune-runs", "1",
         "--threads", "1"]

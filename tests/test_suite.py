@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from torch_lstm_optim.evaluation.evaluate import Run, main as evaluate_main, run_optimizer
+from torch_lstm_optim.evaluate import main as evaluate_main
+from torch_lstm_optim.evaluation.evaluate import Run, run_optimizer
 from torch_lstm_optim.evaluation.suite import QUICK, TUNED, untuned_baselines
 from torch_lstm_optim.meta.tasks import Problem, TaskError, make_task
 from torch_lstm_optim.meta.tasks.base import _check_problem

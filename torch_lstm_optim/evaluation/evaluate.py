@@ -247,11 +247,6 @@ def _mean(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if any(arg == "--suite" or arg.startswith("--suite=") for arg in argv):
-        from .suite import main as suite_main
-
-        suite_main(argv)
-        return
     parser = argparse.ArgumentParser(prog="python -m torch_lstm_optim.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="mnist-mlp", help="task name or package.module:factory")
@@ -277,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a results.json in --out made by another command (refused otherwise)")
     args = parser.parse_args(argv)
+    if args.suite is not None:  # python -m torch_lstm_optim.evaluate hands --suite to the suite before this parser
+        parser.error("--suite runs through python -m torch_lstm_optim.evaluate (torch_lstm_optim.evaluation.suite)")
     if min(args.steps, args.runs, args.tune_runs, args.threads) < 1 or args.runs < 2:
         parser.error(f"--steps, --tune-runs and --threads must be >= 1 and --runs >= 2 (standard errors), found "
                      f"{args.steps}, {args.tune_runs}, {args.threads} and {args.runs}")
