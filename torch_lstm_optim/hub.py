@@ -1,9 +1,10 @@
-"""The Hugging Face hub: download a weights repo into the hub cache, and publish a weights folder.
+"""Publishing on the Hugging Face hub: a weights folder, validated, becomes one commit of a hub repo.
 
-``huggingface_hub`` does the work (its cache, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, tokens, retries); this module
-decides WHICH files are fetched and pushed (``config.json``, ``model.safetensors``, ``README.md``: never a pickle),
-pins every file of a load to one commit, and turns the library's exceptions into :class:`WeightsError` messages that
-say what was tried and what to do instead.
+``huggingface_hub`` does the work (tokens, retries, the upload); this module decides WHICH files are pushed
+(``config.json``, ``model.safetensors``, ``README.md``: never a pickle), validates the folder with the reader of
+:mod:`torch_lstm_optim.weights` first, and writes the model card's hub metadata. Loading from the hub is the
+reader's own business (:func:`torch_lstm_optim.weights.load_network` with a repo id): the imports run
+``hub -> weights -> network``, one way.
 
 Command line::
 
@@ -18,20 +19,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard, constants, hf_hub_download
+from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import CommitInfo
-from huggingface_hub.utils import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-    validate_repo_id,
-)
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .weights import CONFIG_FILE, WEIGHTS_FILE, WeightsError, WeightsSource, bundled_names, read_folder
+from .weights import CONFIG_FILE, WEIGHTS_FILE, WeightsError, read_folder
 
 CARD_FILE = "README.md"
 PUSHED_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
@@ -49,67 +41,6 @@ def _as_push_error(folder: Path, repo_id: str) -> Iterator[None]:
         yield
     except Exception as error:  # the client's HTTP and transport errors share no base class with OSError
         raise PushError(f"pushing {folder} to {repo_id} failed ({type(error).__name__}: {error})") from error
-
-
-def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
-             token: str | bool | None = None, force_download: bool = False,
-             local_files_only: bool = False) -> tuple[Path, WeightsSource]:
-    """Fetch ``config.json`` and ``model.safetensors`` of hub repo ``repo_id`` into the hub cache.
-
-    ``revision`` (a branch, tag or commit hash; ``None`` is ``"main"``) is resolved to a commit by the first file's
-    request, and the second file is fetched at that commit, so a push landing in between cannot mix two versions.
-    A file already cached for a commit hash costs no request at all; for a branch, one metadata request checks it is
-    still current (``huggingface_hub``'s cache semantics). With ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``
-    only the cache is read. The other arguments are ``hf_hub_download``'s.
-
-    Returns the snapshot folder and a :class:`WeightsSource` whose ``revision`` is the resolved commit hash.
-    Raises :class:`WeightsError` naming the repo, revision, endpoint and file when anything is missing or unreachable.
-    """
-    commit = revision
-    for filename in (CONFIG_FILE, WEIGHTS_FILE):
-        try:
-            path = Path(hf_hub_download(repo_id, filename, revision=commit, cache_dir=cache_dir, token=token,
-                                        force_download=force_download, local_files_only=local_files_only))
-        except (HfHubHTTPError, EntryNotFoundError, HFValidationError, OSError) as error:
-            cache = Path(cache_dir or constants.HF_HUB_CACHE)
-            raise WeightsError(_explain(error, repo_id, revision, filename, cache, local_files_only)) from error
-        commit = path.parent.name  # the cache's snapshots/<commit hash>/<filename>
-    folder = path.parent
-    return folder, WeightsSource(repo_id, str(folder), revision=commit)
-
-
-def _explain(error: Exception, repo_id: str, revision: str | None, filename: str, cache: Path,
-             local_files_only: bool) -> str:
-    """One message for a failed hub download: what was tried, what went wrong, and what to do instead."""
-    tried = f"hub repo {repo_id!r} at revision {revision or 'main'!r} on {constants.ENDPOINT}"
-    instead = (f"pass weights= a local folder holding {CONFIG_FILE} and {WEIGHTS_FILE}, or a bundled name "
-               f"(torch_lstm_optim.bundled_names(): {', '.join(bundled_names()) or 'none'})")
-    alternatives = f"To load without the hub, {instead}."
-    if isinstance(error, GatedRepoError):
-        return (f"{tried} is gated: accept its conditions on its hub page, then log in (`hf auth login`) or pass "
-                f"token=. {alternatives}")
-    if isinstance(error, RepositoryNotFoundError):
-        return (f"{tried}: repository not found (it does not exist, or it is private and no valid token was given: "
-                f"log in with `hf auth login` or pass token=). {alternatives}")
-    if isinstance(error, RevisionNotFoundError):
-        return f"{tried}: revision not found (expected a branch, a tag or a commit hash of the repo)."
-    if isinstance(error, LocalEntryNotFoundError):
-        if local_files_only or constants.HF_HUB_OFFLINE:
-            switch = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
-            return (f"{tried}: {filename} is not in the hub cache {cache}, and downloads are off ({switch}). "
-                    f"Download it once with network access, or {instead}.")
-        cause = error.__cause__ or error
-        return (f"{tried}: could not reach the hub to fetch {filename}, and it is not in the hub cache {cache} "
-                f"({type(cause).__name__}: {cause}). {alternatives}")
-    if isinstance(error, EntryNotFoundError):
-        if filename == WEIGHTS_FILE:
-            return (f"{tried} has no {WEIGHTS_FILE}: torch_lstm_optim loads only safetensors and never unpickles "
-                    f"a file (pytorch_model.bin or any other pickle is refused). The repo's owner can publish "
-                    f"safetensors with `python -m torch_lstm_optim.hub push FOLDER {repo_id}`.")
-        return f"{tried} has no {filename}: not a torch_lstm_optim weights repo ({CONFIG_FILE} + {WEIGHTS_FILE})."
-    if isinstance(error, HFValidationError):
-        return f"{repo_id!r} is not a valid hub repo id or revision: {error}"
-    return f"{tried}: downloading {filename} failed ({type(error).__name__}: {error})."
 
 
 def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,

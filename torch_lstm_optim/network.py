@@ -15,9 +15,10 @@ meta-trainer's differentiable unroll (autograd on, state carried as plain tensor
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
@@ -272,6 +273,10 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         kwargs.setdefault("config", self.config.to_dict())
         return super().save_pretrained(save_directory, **kwargs)
 
+    # torch_lstm_optim.weights.load_network, set by that module (the package imports it): the network is what
+    # weights build, so this module imports neither the reader nor the hub.
+    _loader: ClassVar[Callable[..., CoordinatewiseLSTM]]
+
     @classmethod
     def from_pretrained(cls, weights: str | Path, *, revision: str | None = None,
                         **hub_kwargs: Any) -> CoordinatewiseLSTM:
@@ -279,9 +284,7 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
 
         Overrides the mixin's loader, which would accept pickles and silently ignore unknown config fields.
         """
-        from .weights import load_network
-
-        return load_network(weights, revision=revision, **hub_kwargs)
+        return cls._loader(weights, revision=revision, **hub_kwargs)
 
     def init_state(self, grad: Tensor, dtype: torch.dtype = torch.float32) -> State:
         """Fresh (all-zero) per-coordinate state for a flat gradient ``grad`` of N coordinates."""

@@ -3,6 +3,13 @@
 A weights folder (and a hub repo) holds ``config.json`` and ``model.safetensors``. Everything read is validated
 before a network is built: the config's fields and types and sizes, the tensors' names, shapes, dtypes and
 finiteness. Only safetensors are ever read: pickles are refused, never unpickled.
+
+A hub repo id is fetched into the hub cache by ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``,
+tokens, retries): this module decides WHICH files are fetched (never a pickle), pins every file of a load to one
+commit, and turns the library's exceptions into :class:`WeightsError` messages that say what was tried and what to
+do instead. Publishing is :mod:`torch_lstm_optim.hub`'s, which validates with this reader: the imports run
+``hub -> weights -> network``, and :meth:`CoordinatewiseLSTM.from_pretrained` reaches :func:`load_network` through
+the loader this module sets on the class (so ``network`` imports neither).
 """
 
 from __future__ import annotations
@@ -15,6 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.utils import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from .network import CoordinatewiseLSTM, NetworkConfig
 
@@ -77,6 +94,9 @@ def load_network(weights: str | Path | None = None, *, revision: str | None = No
     return network
 
 
+CoordinatewiseLSTM._loader = staticmethod(load_network)  # what CoordinatewiseLSTM.from_pretrained calls
+
+
 def resolve(weights: str | Path | None, *, revision: str | None = None,
             **hub_kwargs: Any) -> tuple[Path, WeightsSource]:
     """Find the folder holding ``config.json`` + ``model.safetensors`` for ``weights``: bundled, local, or hub."""
@@ -99,9 +119,68 @@ def resolve(weights: str | Path | None, *, revision: str | None = None,
     if isinstance(weights, Path) or text.count("/") != 1 or path.suffix or text.startswith((".", "/")):
         raise WeightsError(f"unknown weights {text!r}: not a bundled name (bundled: {', '.join(names) or 'none'}), "
                            f"not an existing folder, and not a hub repo id of the form 'org/name'")
-    from .hub import download
-
     return download(text, revision=revision, **hub_kwargs)
+
+
+def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
+             token: str | bool | None = None, force_download: bool = False,
+             local_files_only: bool = False) -> tuple[Path, WeightsSource]:
+    """Fetch ``config.json`` and ``model.safetensors`` of hub repo ``repo_id`` into the hub cache.
+
+    ``revision`` (a branch, tag or commit hash; ``None`` is ``"main"``) is resolved to a commit by the first file's
+    request, and the second file is fetched at that commit, so a push landing in between cannot mix two versions.
+    A file already cached for a commit hash costs no request at all; for a branch, one metadata request checks it is
+    still current (``huggingface_hub``'s cache semantics). With ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``
+    only the cache is read. The other arguments are ``hf_hub_download``'s.
+
+    Returns the snapshot folder and a :class:`WeightsSource` whose ``revision`` is the resolved commit hash.
+    Raises :class:`WeightsError` naming the repo, revision, endpoint and file when anything is missing or unreachable.
+    """
+    commit = revision
+    for filename in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            path = Path(hf_hub_download(repo_id, filename, revision=commit, cache_dir=cache_dir, token=token,
+                                        force_download=force_download, local_files_only=local_files_only))
+        except (HfHubHTTPError, EntryNotFoundError, HFValidationError, OSError) as error:
+            cache = Path(cache_dir or constants.HF_HUB_CACHE)
+            raise WeightsError(_explain(error, repo_id, revision, filename, cache, local_files_only)) from error
+        commit = path.parent.name  # the cache's snapshots/<commit hash>/<filename>
+    folder = path.parent
+    return folder, WeightsSource(repo_id, str(folder), revision=commit)
+
+
+def _explain(error: Exception, repo_id: str, revision: str | None, filename: str, cache: Path,
+             local_files_only: bool) -> str:
+    """One message for a failed hub download: what was tried, what went wrong, and what to do instead."""
+    tried = f"hub repo {repo_id!r} at revision {revision or 'main'!r} on {constants.ENDPOINT}"
+    instead = (f"pass weights= a local folder holding {CONFIG_FILE} and {WEIGHTS_FILE}, or a bundled name "
+               f"(torch_lstm_optim.bundled_names(): {', '.join(bundled_names()) or 'none'})")
+    alternatives = f"To load without the hub, {instead}."
+    if isinstance(error, GatedRepoError):
+        return (f"{tried} is gated: accept its conditions on its hub page, then log in (`hf auth login`) or pass "
+                f"token=. {alternatives}")
+    if isinstance(error, RepositoryNotFoundError):
+        return (f"{tried}: repository not found (it does not exist, or it is private and no valid token was given: "
+                f"log in with `hf auth login` or pass token=). {alternatives}")
+    if isinstance(error, RevisionNotFoundError):
+        return f"{tried}: revision not found (expected a branch, a tag or a commit hash of the repo)."
+    if isinstance(error, LocalEntryNotFoundError):
+        if local_files_only or constants.HF_HUB_OFFLINE:
+            switch = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
+            return (f"{tried}: {filename} is not in the hub cache {cache}, and downloads are off ({switch}). "
+                    f"Download it once with network access, or {instead}.")
+        cause = error.__cause__ or error
+        return (f"{tried}: could not reach the hub to fetch {filename}, and it is not in the hub cache {cache} "
+                f"({type(cause).__name__}: {cause}). {alternatives}")
+    if isinstance(error, EntryNotFoundError):
+        if filename == WEIGHTS_FILE:
+            return (f"{tried} has no {WEIGHTS_FILE}: torch_lstm_optim loads only safetensors and never unpickles "
+                    f"a file (pytorch_model.bin or any other pickle is refused). The repo's owner can publish "
+                    f"safetensors with `python -m torch_lstm_optim.hub push FOLDER {repo_id}`.")
+        return f"{tried} has no {filename}: not a torch_lstm_optim weights repo ({CONFIG_FILE} + {WEIGHTS_FILE})."
+    if isinstance(error, HFValidationError):
+        return f"{repo_id!r} is not a valid hub repo id or revision: {error}"
+    return f"{tried}: downloading {filename} failed ({type(error).__name__}: {error})."
 
 
 def read_folder(folder: str | Path) -> CoordinatewiseLSTM:
