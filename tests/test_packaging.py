@@ -60,6 +60,13 @@ def test_wheel_contains_every_bundled_weights_folder(wheel: Path) -> None:
             assert f"torch_lstm_optim/pretrained/{name}/{file}" in names
 
 
+def test_wheel_contains_every_module_of_the_package(wheel: Path) -> None:
+    """pyproject.toml lists the packages by hand: a new subpackage (meta/, evaluation/) must be listed there too."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = sorted(str(path.relative_to(REPO)) for path in (REPO / "torch_lstm_optim").rglob("*.py"))
+    assert modules and [module for module in modules if module not in names] == []
+
+
 def test_package_imported_from_the_wheel_finds_the_bundled_weights(wheel: Path, tmp_path: Path) -> None:
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
