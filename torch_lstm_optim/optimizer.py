@@ -42,7 +42,7 @@ class _Segment:
     state: dict[str, Any]
     start: int
     stop: int
-    lr: float
+    lr: float | Tensor
 
 
 # The attributes of LSTMOptimizer that copies and pickles keep besides torch's (see __getstate__).
@@ -62,6 +62,8 @@ class LSTMOptimizer(Optimizer):
             ``model.safetensors``, or a hub repo id. ``None`` picks the bundled default. Loaded only if some
             group has no ``"weights"`` of its own.
         lr: multiplies the network's update (1.0 is the rule as meta-trained), so lr schedulers work as usual.
+            A 0-dim or one-element Tensor works as in torch's optimizers (for ``torch.compile``d steps, or a
+            schedule updated in place): the step multiplies by it on the device, without reading it on the host.
         weight_decay: L2 penalty added to the gradient before the network sees it.
         maximize: maximise the objective instead of minimising it.
         chunk_size: most coordinates fed to the network at once; bounds a step's transient memory.
@@ -77,11 +79,17 @@ class LSTMOptimizer(Optimizer):
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]],
-                 weights: CoordinatewiseLSTM | str | Path | None = None, *, lr: float = 1.0,
+                 weights: CoordinatewiseLSTM | str | Path | None = None, *, lr: float | Tensor = 1.0,
                  weight_decay: float = 0.0, maximize: bool = False, chunk_size: int | None = None,
                  state_dtype: torch.dtype = torch.float32, nonfinite: str = "skip",
                  revision: str | None = None, compile: bool = False) -> None:
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr >= 0:
+        if isinstance(lr, Tensor):
+            # As torch's optimizers (torch/optim/adam.py, sgd.py): one element, whatever the shape.
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+            if lr.is_complex() or lr.dtype == torch.bool or not lr >= 0:  # one host read, at construction only
+                raise ValueError(f"Invalid learning rate: {lr!r} (must be a number >= 0)")
+        elif not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr >= 0:
             raise ValueError(f"Invalid learning rate: {lr!r} (must be a number >= 0)")
         if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or not weight_decay >= 0:
             raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be a number >= 0)")
@@ -243,7 +251,8 @@ class LSTMOptimizer(Optimizer):
             flat = local.view(-1) if local.is_contiguous() else local.contiguous().view(-1)
             if not local.is_contiguous():
                 copies.append((local, flat))
-            segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel(), group["lr"]))
+            segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel(),
+                                     _lr_on(group["lr"], device)))
         for chunk in _chunks(segments, self.chunk_size or default_chunk_size(device)):
             self._apply_chunk(chunk, network, rule)
         for local, flat in copies:
@@ -270,7 +279,11 @@ class LSTMOptimizer(Optimizer):
             n = s.stop - s.start
             for k in names:
                 s.state[k][s.start:s.stop].copy_(new_state[k][offset:offset + n])
-            s.flat_param[s.start:s.stop].add_(update[offset:offset + n].to(s.flat_param.dtype), alpha=s.lr)
+            part = update[offset:offset + n].to(s.flat_param.dtype)
+            if isinstance(s.lr, Tensor):  # multiplied on the device: no host read of the lr
+                s.flat_param[s.start:s.stop].add_(part * s.lr)
+            else:
+                s.flat_param[s.start:s.stop].add_(part, alpha=s.lr)
             offset += n
 
     def _count_nonfinite(self, count: int) -> None:
@@ -411,6 +424,18 @@ def _chunks(segments: list[_Segment], size: int) -> Iterable[list[_Segment]]:
                 chunk, filled = [], 0
     if chunk:
         yield chunk
+
+
+def _lr_on(lr: float | Tensor, device: torch.device) -> float | Tensor:
+    """A group's ``lr`` as the step multiplies by it: a float as is, a Tensor as a 0-dim tensor that combines with
+    parameters on ``device`` (whatever the Tensor's shape, ``[1]`` or ``[1, 1]``, the update keeps its own shape).
+
+    A 0-dim CPU tensor multiplies tensors on any device without a copy, so only a lr on another accelerator moves.
+    """
+    if not isinstance(lr, Tensor):
+        return lr
+    lr = lr.reshape(())
+    return lr if lr.device == device or lr.device.type == "cpu" else lr.to(device)
 
 
 def _cat(tensors: list[Tensor]) -> Tensor:
