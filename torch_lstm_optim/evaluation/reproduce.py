@@ -102,8 +102,8 @@ def not_run_reason(experiment: Experiment, data_dir: str) -> str:
 
 
 def bundled_fingerprint(name: str) -> str | None:
-    """:func:`weights.fingerprint` of the bundled weights ``name`` (``None`` if there are none by that name): a
-    cached result stands only for the weights it was made with, not for whatever the name holds now."""
+    """:func:`~torch_lstm_optim.weights.fingerprint` of the bundled weights ``name`` (``None`` if there are none by
+    that name): a cached result stands only for the weights it was made with, not for whatever the name holds now."""
     return fingerprint(load_network(name)) if name in bundled_names() else None
 
 

@@ -128,9 +128,9 @@ def ratio(loss: float, reference: float) -> float:
 
 def tune(task: Any, factory: OptimizerFactory, steps: int, seeds: int, grid: tuple[float, ...],
          centre: float | None = None, window: int = 0) -> tuple[float, dict[float, float]]:
-    """:func:`~torch_lstm_optim.evaluate.tune_lr` over ``grid``; with a ``centre`` (the best learning rate at a
-    shorter horizon), over the grid points within ``window`` of it only, widened one point at a time while the best
-    is at an edge of what was tried. For a loss that is unimodal in the log learning rate it picks what the whole
+    """:func:`~torch_lstm_optim.evaluation.evaluate.tune_lr` over ``grid``; with a ``centre`` (the best learning rate
+    at a shorter horizon), over the grid points within ``window`` of it only, widened one point at a time while the
+    best is at an edge of what was tried. For a loss that is unimodal in the log learning rate it picks what the whole
     grid picks, at about half the cost (what makes 1000-step tuning affordable)."""
     if centre is None or window <= 0:
         return tune_lr(task, factory, steps, range(seeds), grid)
