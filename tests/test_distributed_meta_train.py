@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from torch_lstm_optim import distributed
+from torch_lstm_optim.meta import distributed
 from torch_lstm_optim.meta.train import main
 from torch_lstm_optim.meta.tasks import Problem
 

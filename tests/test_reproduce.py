@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_network
-from torch_lstm_optim import bundled_names, reproduce
+from torch_lstm_optim import bundled_names
+from torch_lstm_optim.evaluation import reproduce
 
 pytest.importorskip("torchvision")
 pytest.importorskip("matplotlib")
