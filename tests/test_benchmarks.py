@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import sys
@@ -75,3 +76,48 @@ def test_meta_train_speed_scores_adam_like_the_validation(tmp_path: Path, monkey
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("tuned Adam"))
     assert "validation problems (log_ratio): -" in line and "task quadratic: 2 meta-iterations" in out
+
+
+def load_benchmark(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_real_model_trains_all_three_on_fake_mnist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The MNIST CNN with the default weights, Adam and Adadelta in one run, on random tensors of MNIST's shape."""
+    real_model = load_benchmark("real_model")
+    out = tmp_path / "results.json"
+    real_model.main(["--fake-data", "--steps", "2", "--test-size", "50", "--json", str(out), "--progress", "0"])
+    report = json.loads(out.read_text())
+    rows = {row["optimizer"]: row for row in report["rows"]}
+    assert set(rows) == {"lstm", "adam", "adadelta"} and report["params"] == 1_199_882
+    assert report["threads"] == 1 and report["command"].startswith("python benchmarks/real_model.py --fake-data")
+    assert rows["adam"]["step_x_adam"] == 1.0 and all(row["steps"] == 2 for row in rows.values())
+    for row in rows.values():
+        assert 0 < row["optimizer_share"] < 1 and 0 <= row["test_accuracy"] <= 1 and row["test_loss"] > 0
+        assert row["step_ms"] == pytest.approx(row["forward_backward_ms"] + row["optimizer_step_ms"])
+    assert "| lstm |" in capsys.readouterr().out
+
+
+def test_real_model_contenders_see_the_same_data_and_dropout() -> None:
+    """Each contender's RNG is its own: the same optimizer twice in one run trains to the same loss."""
+    real_model = load_benchmark("real_model")
+    args = real_model.parse_args(["--fake-data", "--steps", "3", "--optimizers", "adam", "--test-size", "1"])
+    torch.manual_seed(0)
+    model = real_model.build_model("mnist-cnn")
+    twins = [real_model.Contender("adam", copy.deepcopy(model), None) for _ in range(2)]
+    images, labels, _, _ = real_model.mnist_tensors(args)
+    for x, y in real_model.batches(args, (images, labels)):
+        for twin in reversed(twins):  # interleaved, as in the benchmark
+            twin.train_step(x, y)
+    assert twins[0].losses == twins[1].losses and len(twins[0].losses) == 3
+
+
+def test_real_model_resnet18_step_cost(tmp_path: Path) -> None:
+    real_model = load_benchmark("real_model")
+    report = real_model.main(["--model", "resnet18", "--steps", "1", "--batch-size", "2", "--optimizers",
+                              "adam,adadelta", "--json", str(tmp_path / "r.json"), "--progress", "0"])
+    assert report["params"] == 11_181_642 and report["test_size"] is None
+    assert [row["optimizer"] for row in report["rows"]] == ["adam", "adadelta"]
