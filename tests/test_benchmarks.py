@@ -54,8 +54,9 @@ def test_benchmark_runs_and_writes_json(step_cost: ModuleType, tmp_path: Path,
     assert rows["adam"]["ratio_to_adam"] == 1.0 and rows["adam"]["state_bytes_per_param"] >= 8
     assert rows["paper"]["state_bytes_per_param"] >= 2 * 2 * 20 * 4  # h and c of 2 layers of 20, float32
     assert rows["paper"]["peak_extra_mb"] is not None and rows["paper"]["step_ms"] > 0
-    # the bound adds the transcendentals' time to the roofline's, so it is a fraction below 1
-    assert 0 < rows["paper"]["fused_bound"] < 1
+    # the bound adds the transcendentals' time to the roofline's FLOP time, so it is a fraction of at most 1 (exactly 1
+    # when the copy time dominates both, as it can on a loaded machine whose measured bandwidth drops)
+    assert 0 < rows["paper"]["fused_bound"] <= 1
     assert "| paper |" in capsys.readouterr().out
 
 
@@ -121,3 +122,12 @@ def test_real_model_resnet18_step_cost(tmp_path: Path) -> None:
                               "adam,adadelta", "--json", str(tmp_path / "r.json"), "--progress", "0"])
     assert report["params"] == 11_181_642 and report["test_size"] is None
     assert [row["optimizer"] for row in report["rows"]] == ["adam", "adadelta"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_step_says_it_needs_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    cuda_step = load_benchmark("cuda_step")
+    with pytest.raises(SystemExit) as exit_info:
+        cuda_step.main(["--sizes", "1M"])
+    assert exit_info.value.code == 2
+    assert "needs a CUDA device, and torch sees none" in capsys.readouterr().err
