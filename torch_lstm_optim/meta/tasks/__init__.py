@@ -16,13 +16,15 @@ from .cifar import Cifar10Conv
 from .generated import LinearModel, SymmetricFactorisation, TestFunction
 from .mixture import Mixture
 from .mnist import MnistConv, MnistMLP
+from .neural_art import NeuralArt
 from .quadratic import Quadratic
 from .teacher import Teacher
 
 TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": MnistMLP, "mnist-conv": MnistConv,
                                          "cifar10-conv": Cifar10Conv, "teacher": Teacher, "linear-model": LinearModel,
                                          "test-function": TestFunction,
-                                         "symmetric-factorisation": SymmetricFactorisation, "mixture": Mixture}
+                                         "symmetric-factorisation": SymmetricFactorisation, "mixture": Mixture,
+                                         "neural-art": NeuralArt}
 
 __all__ = ["MAX_SEED", "Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task",
            "make_task", "module_problem", "split_seed", "step_generator"]
