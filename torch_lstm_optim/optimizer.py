@@ -75,7 +75,7 @@ class LSTMOptimizer(Optimizer):
         revision: hub revision (branch, tag or commit) when ``weights`` is a hub repo id.
         compile: run the update rule as ``torch.compile(network.step, dynamic=True)``: the same math, fused,
             with updates equal to eager within float rounding. On CPU steps are 1.1-1.3x faster from 10k to 1M
-            parameters (README "Speed and memory"); the first step pays the compilation (about 10 s).
+            parameters (docs/performance.md); the first step pays the compilation (about 10 s).
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]],

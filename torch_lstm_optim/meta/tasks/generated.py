@@ -2,7 +2,7 @@
 
 The MNIST families plateau well above zero, while the generalist's largest losses on the suite are on runs that tuned
 baselines drive to tiny losses. These two download-free families put that regime into the mixture (asked for by name:
-``families=...,linear,function``; a first fine-tune on them did not fix those losses, see the README):
+``families=...,linear,function``; a first fine-tune on them did not fix those losses, see docs/meta-training.md):
 
 - :class:`LinearModel`: linear regression, logistic or softmax regression on Gaussian features of unequal scales
   (``feature_scale``: per-feature factors ``exp(U(-s, s))``, as raw tabular data has), labelled by a random linear
