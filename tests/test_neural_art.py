@@ -11,7 +11,7 @@ import torch
 
 from torch_lstm_optim.meta.tasks import TaskError, make_task
 from torch_lstm_optim.meta.tasks import neural_art
-from torch_lstm_optim.meta.tasks.neural_art import CONTENT, TEST_STYLE, TRAINING_STYLE, NeuralArt, features_text
+from torch_lstm_optim.meta.tasks.neural_art import CONTENT, TEST_STYLE, TRAINING_STYLE, NeuralArt
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -75,7 +75,7 @@ def test_splits_use_their_own_content_images_and_problems_repeat(images: dict[st
             assert content.mean((1, 2)).argmax() == max(range(3), key=lambda c: colour[c]), (split, seed)
         assert torch.equal(art.sample(0, split).params["image"], art.sample(0, split).params["image"])
     assert not torch.equal(art.sample(0, "train").params["image"], art.sample(0, "val").params["image"])
-    assert "random features (2 scales x 4 filters 5x5, seed 0), not VGG-19" == features_text(art)
+    assert art.features_text == "random features (2 scales x 4 filters 5x5, seed 0), not VGG-19"
 
 
 def test_bad_images_and_sizes_get_clear_errors(images: dict[str, object], tmp_path: Path) -> None:

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from conftest import make_network
 from torch_lstm_optim import bundled_names
 from torch_lstm_optim.evaluation import reproduce
+from torch_lstm_optim.meta.tasks import neural_art
 
 pytest.importorskip("torchvision")
 pytest.importorskip("matplotlib")
@@ -18,10 +21,18 @@ from test_cifar import accept_generated_files, write_cifar10  # noqa: E402
 from test_tasks import write_mnist  # noqa: E402
 
 MNIST_KEYS = ["mnist-mlp", "mnist-steps200", "mnist-hidden40", "mnist-layers2", "mnist-relu"]
+ART_KEYS = ["neural-art-64", "neural-art-128"]
 
 
-def test_quick_run_writes_every_row_a_plot_per_experiment_and_a_table(tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture) -> None:
+def synthetic_photographs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image name of the neural-art task gives a random 24x32 image of its own: no scikit-image needed."""
+    monkeypatch.setattr(neural_art, "load_image", lambda source: torch.rand(
+        3, 24, 32, generator=torch.Generator().manual_seed(sum(map(ord, source)))))
+
+
+def test_quick_run_writes_every_row_a_plot_per_experiment_and_a_table(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    synthetic_photographs(monkeypatch)
     data = write_mnist(tmp_path / "data")
     out = tmp_path / "out"
     reproduce.main(["--out", str(out), "--quick", "--data-dir", str(data)])
@@ -42,15 +53,31 @@ def test_quick_run_writes_every_row_a_plot_per_experiment_and_a_table(tmp_path: 
         assert rows[key]["status"] == (f"not run: no CIFAR-10 data under {data}; no weights 'cifar10-conv' "
                                        f"(bundled: {', '.join(bundled_names())})")
         assert rows[key]["held"] is None and not (out / f"{key}.png").exists()
-    assert rows["neural-art"]["status"].startswith("not implemented: needs pretrained VGG features")
-    table = capsys.readouterr().out
+    # Neural art: weights meta-trained first into the output folder, then evaluated with the generalist beside.
+    for key in ART_KEYS:
+        row = rows[key]
+        assert row["status"] == "run" and row["result"]["steps"] == 12 and row["result"]["task"] == "neural-art"
+        assert set(row["result"]["optimizers"]) == {"learned", "sgd", "nag", "rmsprop", "adam", "generalist weights"}
+        assert row["result"]["best_baseline"] in ("sgd", "nag", "rmsprop", "adam")
+        assert row["result"]["meta_train"]["iterations"] == 1 and "--resume" in row["result"]["meta_train"]["command"]
+        assert row["result"]["features"] == "random features (2 scales x 4 filters 5x5, seed 0), not VGG-19"
+        assert (out / f"{key}.png").stat().st_size > 0 and (out / f"{key}-images.png").stat().st_size > 0
+    assert rows["neural-art-128"]["result"]["task_options"]["style"] == neural_art.TEST_STYLE
+    assert rows["neural-art-64"]["result"]["weights_sha256"] == rows["neural-art-128"]["result"]["weights_sha256"]
+    assert (out / "neural-art-optimizer" / "model.safetensors").exists()
+    printed = capsys.readouterr().out
+    table = printed.split("\n\n")[0]
     assert "| MNIST MLP, ReLU (Fig. 5 right) | 10 |" in table and "not run: no CIFAR-10 data" in table
     assert table.count("\n| ") == len(reproduce.EXPERIMENTS)  # the header starts the table
+    assert "| generalist weights | 1 (untuned) |" in printed and "Not matched: the features are" in printed
 
     # A rerun with the same settings reuses what is done (an interrupted run resumes); --only keeps the other rows.
     reproduce.main(["--out", str(out), "--quick", "--data-dir", str(data), "--only", "mnist-mlp"])
     assert "mnist-mlp: done before, reused" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["experiments"] == summary["experiments"]
+    reproduce.main(["--out", str(out), "--quick", "--data-dir", str(data), "--only", "neural-art"])  # a group
+    err = capsys.readouterr().err
+    assert all(f"{key}: done before, reused" in err for key in ART_KEYS)
 
     # A run with other settings never replaces these results, unless asked to.
     full = {**summary, "quick": False, "command": "python -m torch_lstm_optim.reproduce --out elsewhere"}
@@ -91,6 +118,15 @@ def test_a_cifar_row_runs_when_data_and_weights_exist(tmp_path: Path, monkeypatc
 def test_missing_mnist_is_a_row_not_a_crash(tmp_path: Path) -> None:
     row = reproduce.reproduce(tmp_path / "out", str(tmp_path / "none"), quick=True, only=["mnist-mlp"])[0]
     assert row["status"].startswith("not run: MNIST not found under") and row["held"] is None
+
+
+def test_rows_cached_before_an_experiment_field_existed_still_match() -> None:
+    experiment = reproduce.EXPERIMENTS[0]
+    recorded = json.loads(json.dumps(reproduce.asdict(experiment)))
+    for added in ("group", "meta_train", "also", "each_baseline", "images", "notes"):
+        del recorded[added]
+    assert reproduce.same_experiment(recorded, experiment)
+    assert not reproduce.same_experiment({**recorded, "runs": 3}, experiment)
 
 
 def test_the_held_column_says_when_the_learned_optimizer_does_better_than_the_paper() -> None:

@@ -45,15 +45,19 @@ STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --state
 
 @dataclass
 class Run:
-    """One optimisation run: ``curve[t]`` is ``f(theta_t)`` on minibatch ``t``; ``final`` the reporting loss."""
+    """One optimisation run: ``curve[t]`` is ``f(theta_t)`` on minibatch ``t``; ``final`` the reporting loss;
+    ``params`` the parameters it ended at, if asked for (``keep_params``)."""
 
     curve: list[float]
     final: float
     seconds: float
+    params: dict[str, Tensor] | None = None
 
 
-def run_optimizer(problem: Problem, make: Callable[[list[Tensor]], torch.optim.Optimizer], steps: int) -> Run:
-    """Optimise a fresh copy of ``problem``'s parameters for ``steps`` steps (a diverged run ends at ``inf``).
+def run_optimizer(problem: Problem, make: Callable[[list[Tensor]], torch.optim.Optimizer], steps: int,
+                  keep_params: bool = False) -> Run:
+    """Optimise a fresh copy of ``problem``'s parameters for ``steps`` steps (a diverged run ends at ``inf``);
+    with ``keep_params``, the run holds the parameters it ended at (e.g. the image of a neural-art problem).
 
     An optimizer with an ``eval()`` mode (schedule-free ones, whose training iterate is not the one to report) is
     switched to it before the final loss.
@@ -67,7 +71,7 @@ def run_optimizer(problem: Problem, make: Callable[[list[Tensor]], torch.optim.O
         curve.append(loss.item())
         if not math.isfinite(curve[-1]):
             curve += [math.inf] * (steps - t)
-            return Run(curve, math.inf, time.perf_counter() - start)
+            return Run(curve, math.inf, time.perf_counter() - start, _kept(params, keep_params))
         if t == steps:
             break
         optimizer.zero_grad()
@@ -78,7 +82,11 @@ def run_optimizer(problem: Problem, make: Callable[[list[Tensor]], torch.optim.O
         optimizer.eval()
     with torch.no_grad():
         final = float(problem.final_loss(params))
-    return Run(curve, final if math.isfinite(final) else math.inf, seconds)
+    return Run(curve, final if math.isfinite(final) else math.inf, seconds, _kept(params, keep_params))
+
+
+def _kept(params: dict[str, Tensor], keep: bool) -> dict[str, Tensor] | None:
+    return {k: v.detach().clone() for k, v in params.items()} if keep else None
 
 
 def run_many(task: Task, seeds: Iterable[int], split: str, make: Callable[[list[Tensor]], torch.optim.Optimizer],
@@ -167,6 +175,8 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"\nLearned / best tuned ({result['best_baseline']}): ratio {result['ratio_to_best']:.3f}; paired "
                  f"difference {result['paired_diff_mean']:+.4f} ± {result['paired_diff_se']:.4f} (s.e.); the learned "
                  f"optimizer {verdict} it by more than the standard errors of both means.")
+    if result.get("features"):
+        lines.append(f"Features: {result['features']}.")
     return "\n".join(lines)
 
 
@@ -209,7 +219,8 @@ EVAL_HEADING = "## Evaluation"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Log-scale loss against steps: learned solid, baselines dashed (the paper's Figure 4)."""
+    """Log-scale loss against steps: learned solid, baselines dashed (the paper's Figure 4); a ``"features"`` entry
+    (which features a neural-art task used) goes under the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,7 +237,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(result["task"])
+    if result.get("features"):
+        ax.set_title(f"{result['task']}\n{result['features']}", fontsize=8)
+    else:
+        ax.set_title(result["task"])
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -297,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
                       state_dtype=STATE_DTYPES[args.state_dtype])
     result.update(weights=" ".join(args.weights) or "default", task_options=options, wall_seconds=time.time() - start,
                   machine=machine_description(), command=command)
+    if getattr(task, "features_text", None):  # which features a neural-art task used: in the plot's title
+        result["features"] = task.features_text
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", result)

@@ -10,9 +10,17 @@ The claim is "the learned optimizer beats the best tuned baseline by more than t
 (``beats_best_by_se`` of :func:`evaluate.evaluate`) for every experiment but the ReLU net, where the paper reports
 that the MNIST optimizer does *not* generalise: there the claim held if it does not beat it.
 
+Neural art (Figs. 8 and 9) has no bundled weights: its experiments meta-train them first, with the project's
+meta-trainer, into ``DIR/<weights>`` (a rerun resumes or reuses that run), then evaluate them at the training style
+and resolution and at a held-out style at double the resolution. They also run the default weights (the generalist,
+for which this is a far held-out problem), list the learned optimizer's final loss against every tuned baseline,
+and write ``DIR/<key>-images.png`` (content, style and results, Figure 9). Their features are random, not VGG-19
+(see ``NEURAL_ART_NOTES``); every figure and table names them.
+
 Experiments that cannot run here are rows saying why: CIFAR-10 without its data under ``--data-dir`` or without
-bundled ``cifar10-conv`` weights; neural art (needs pretrained VGG features). Each finished experiment is also
-written to ``DIR/<key>.json``; a rerun with the same settings reuses it, so an interrupted run resumes.
+bundled ``cifar10-conv`` weights; neural art without scikit-image (``pip install 'torch_lstm_optim[art]'``). Each
+finished experiment is also written to ``DIR/<key>.json``; a rerun with the same settings reuses it, so an
+interrupted run resumes. ``--only`` takes an experiment's key or a group (``neural-art``: both of its experiments).
 ``--quick`` is a smoke run: few problems, steps and learning rates (under a minute with tiny data).
 """
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,13 +38,19 @@ from typing import Any
 import torch
 
 from ..meta.outputs import OutputError, check_out, command_line, machine_description, write_json
-from ..meta.tasks import TaskError, make_task
+from ..meta.tasks import Task, TaskError, make_task
+from ..meta.tasks.neural_art import TEST_STYLE, TRAINING_STYLE
+from ..meta.train import CheckpointError, DivergedError, parse_args, train
+from ..network import CoordinatewiseLSTM
 from ..weights import WeightsError, bundled_names, fingerprint, load_network
-from .evaluate import LR_GRID, evaluate, plot
+from .evaluate import BASELINES, LR_GRID, evaluate, learned_optimizer, plot, run_optimizer, summarise
 
 QUICK = dict(steps_divisor=10, runs=2, tune_runs=1, grid=(LR_GRID[4], LR_GRID[6], LR_GRID[8]))  # lr 0.01, 0.1, 1
 QUICK_TASK_OPTIONS = {"mnist-mlp": {"val_size": 100},
-                      "cifar10-conv": {"val_size": 100, "eval_size": 100, "batch_size": 32}}
+                      "cifar10-conv": {"val_size": 100, "eval_size": 100, "batch_size": 32},
+                      "neural-art": {"resolution": 16, "filters": 4, "levels": 2}}
+QUICK_META_TRAIN = ("--iterations", "1", "--horizon", "4", "--truncation", "2", "--meta-batch", "1",
+                    "--val-problems", "1", "--eval-every", "1")
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,34 @@ class Experiment:
     tune_runs: int = 5
     claim: str = "beats"  # "beats": the learned optimizer beats the best tuned baseline; "fails": it does not
     not_implemented: str = ""  # why, for an experiment this package does not implement
+    # Fields added after the first results were cached: a cached row without them counts them at these defaults.
+    group: str = ""  # --only GROUP runs every experiment of the group
+    meta_train: tuple[str, ...] = ()  # meta_train flags: `weights` is the folder under --out they train, first
+    also: tuple[str, ...] = ()  # more weights run untuned (lr 1) beside the learned ones; not baselines
+    each_baseline: bool = False  # the summary lists the learned final loss against every optimizer, not the best
+    images: int = 0  # Figure 9: content, style and results of this many test problems (neural-art tasks)
+    notes: str = ""  # what of the paper's experiment this does not match
 
+
+# Neural art: the optimizer is meta-trained at 64x64 on TRAINING_STYLE and the `train` content images (from the
+# generalist, 30 meta-iterations of 2 problems: what 2 CPU cores fit beside the evaluation in 30 minutes), with the
+# paper's 128 steps per image in truncations of 32.
+NEURAL_ART_OPTIONS = {"features": "random"}
+NEURAL_ART_TRAINING = ("--task", "neural-art", *[f"--task-arg={k}={v!r}" for k, v in NEURAL_ART_OPTIONS.items()],
+                       "--init-weights", "generalist", "--horizon", "128", "--truncation", "32", "--meta-batch", "2",
+                       "--iterations", "30", "--objective", "log", "--meta-lr", "1e-3", "--val-problems", "4",
+                       "--eval-every", "5", "--seed", "0", "--no-compile")
+NEURAL_ART_NOTES = (
+    "Not matched: the features are a fixed random multi-scale conv net's, not VGG-19's (no pretrained weights can "
+    "be fetched here; --task-arg features=vgg19 gives the paper's where they can, untested here); the content "
+    "images are random crops of 7 scikit-image photographs (2 others for the test), not 1800 ImageNet images; the "
+    "optimizer is fine-tuned from the generalist, where the paper trained from scratch, and for far fewer "
+    "meta-iterations; fewer test and tuning problems. Matched: meta-training at 64x64 on one style, 128 steps per "
+    "image in truncations of 32, held-out content, a held-out style at 128x128, SGD, RMSprop, Adam and NAG at "
+    "learning rates tuned on other content images.")
+NEURAL_ART = dict(task="neural-art", weights="neural-art-optimizer", steps=128, runs=6, tune_runs=2,
+                  group="neural-art", meta_train=NEURAL_ART_TRAINING, also=("generalist",), each_baseline=True,
+                  images=2, notes=NEURAL_ART_NOTES)
 
 # Counts of the runs in results/ (README): 1000 quadratics tuned on 50, 30 MNIST problems, 20 per variation.
 EXPERIMENTS = (
@@ -73,20 +115,27 @@ EXPERIMENTS = (
                weights="cifar10-conv"),
     Experiment("cifar2", "CIFAR-2 (labels 0, 1)", "Fig. 7 right", "cifar10-conv", {"classes": (0, 1)},
                weights="cifar10-conv"),
-    Experiment("neural-art", "Neural art", "Figs. 8-9",
-               not_implemented="needs pretrained VGG features, which cannot be had offline here"),
+    Experiment("neural-art-64", "Neural art, training style, 64x64", "Fig. 8 left, Fig. 9",
+               task_options={**NEURAL_ART_OPTIONS, "style": TRAINING_STYLE, "resolution": 64}, **NEURAL_ART),
+    Experiment("neural-art-128", "Neural art, held-out style, 128x128", "Fig. 8 right, Fig. 9",
+               task_options={**NEURAL_ART_OPTIONS, "style": TEST_STYLE, "resolution": 128}, **NEURAL_ART),
 )
 
 
 def settings(experiment: Experiment, quick: bool) -> dict[str, Any]:
-    """What :func:`evaluate.evaluate` is run with: the experiment's counts, or ``--quick``'s."""
+    """What :func:`evaluate.evaluate` is run with: the experiment's counts, or ``--quick``'s; and the flags of the
+    meta-training that comes first, for an experiment that has one."""
     options = dict(experiment.task_options)
+    training = list(experiment.meta_train)
     if not quick:
-        return dict(task_options=options, steps=experiment.steps, runs=experiment.runs,
-                    tune_runs=experiment.tune_runs, grid=list(LR_GRID))
-    options.update(QUICK_TASK_OPTIONS.get(experiment.task, {}))
-    return dict(task_options=options, steps=max(1, experiment.steps // QUICK["steps_divisor"]), runs=QUICK["runs"],
-                tune_runs=QUICK["tune_runs"], grid=list(QUICK["grid"]))
+        counts = dict(steps=experiment.steps, runs=experiment.runs, tune_runs=experiment.tune_runs, grid=list(LR_GRID))
+    else:
+        quick_options = QUICK_TASK_OPTIONS.get(experiment.task, {})
+        options.update(quick_options)
+        training += [*QUICK_META_TRAIN, *[f"--task-arg={k}={v!r}" for k, v in quick_options.items()]]
+        counts = dict(steps=max(1, experiment.steps // QUICK["steps_divisor"]), runs=QUICK["runs"],
+                      tune_runs=QUICK["tune_runs"], grid=list(QUICK["grid"]))
+    return dict(task_options=options, **counts, **({"meta_train": training} if experiment.meta_train else {}))
 
 
 def not_run_reason(experiment: Experiment, data_dir: str) -> str:
@@ -96,19 +145,55 @@ def not_run_reason(experiment: Experiment, data_dir: str) -> str:
     reasons = []
     if experiment.task == "cifar10-conv" and not (Path(data_dir) / "cifar-10-batches-py").is_dir():
         reasons.append(f"no CIFAR-10 data under {data_dir}")
-    if experiment.weights not in bundled_names():
-        reasons.append(f"no weights {experiment.weights!r} (bundled: {', '.join(bundled_names()) or 'none'})")
+    for name in ([] if experiment.meta_train else [experiment.weights]) + list(experiment.also):
+        if name not in bundled_names():
+            reasons.append(f"no weights {name!r} (bundled: {', '.join(bundled_names()) or 'none'})")
     return "not run: " + "; ".join(reasons) if reasons else ""
 
 
 def bundled_fingerprint(name: str) -> str | None:
-    """:func:`~torch_lstm_optim.weights.fingerprint` of the bundled weights ``name`` (``None`` if there are none by
-    that name): a cached result stands only for the weights it was made with, not for whatever the name holds now."""
+    """:func:`weights.fingerprint` of the bundled weights ``name`` (``None`` if there are none by that name): a
+    cached result stands only for the weights it was made with, not for whatever the name holds now."""
     return fingerprint(load_network(name)) if name in bundled_names() else None
 
 
-def run_experiment(experiment: Experiment, data_dir: str, quick: bool) -> dict[str, Any]:
-    """Run one experiment through :func:`evaluate.evaluate`; a row saying why if it cannot run."""
+def fingerprints(experiment: Experiment, out: Path) -> dict[str, Any]:
+    """The fingerprints a cached result of ``experiment`` must hold to stand: of its weights (bundled, or those
+    meta-trained into ``out``, ``None`` while there are none) and of its ``also`` weights."""
+    if experiment.meta_train:
+        folder = out / experiment.weights
+        main = fingerprint(load_network(str(folder))) if (folder / "model.safetensors").exists() else None
+    else:
+        main = bundled_fingerprint(experiment.weights)
+    also = {"also_sha256": {name: bundled_fingerprint(name) for name in experiment.also}} if experiment.also else {}
+    return {"weights_sha256": main, **also}
+
+
+def same_experiment(recorded: Any, experiment: Experiment) -> bool:
+    """Whether a cached row's record of its experiment is ``experiment``; fields added to :class:`Experiment`
+    since the row was written count at their defaults."""
+    now = json.loads(json.dumps(asdict(experiment)))
+    defaults = json.loads(json.dumps(asdict(Experiment("", "", ""))))
+    return isinstance(recorded, dict) and {**defaults, **recorded} == now
+
+
+def meta_train(experiment: Experiment, out: Path, data_dir: str, flags: list[str],
+               threads: int) -> tuple[CoordinatewiseLSTM, dict[str, Any]]:
+    """Meta-train ``experiment``'s weights with the project's meta-trainer (``flags``) into ``out/<weights>``:
+    resumed if an earlier run was interrupted, reused if it finished. Returns the best weights and a summary."""
+    argv = [*flags, "--out", str(out / experiment.weights), "--data-dir", data_dir, "--threads", str(threads),
+            "--resume"]
+    config, network_config = parse_args(argv)
+    summary = train(config, network_config, "python -m torch_lstm_optim.meta_train " + shlex.join(argv))
+    return load_network(config.out), {"command": summary["command"], "wall_seconds": summary["wall_seconds"],
+                                      "iterations": summary["iteration"], "best_iteration": summary["best_iteration"],
+                                      "best_val": summary["best_val"], "machine": summary["machine"]}
+
+
+def run_experiment(experiment: Experiment, data_dir: str, quick: bool, out: Path = Path("."),
+                   threads: int = 1) -> dict[str, Any]:
+    """Run one experiment through :func:`evaluate.evaluate` (meta-training its weights into ``out`` first, if it
+    has none bundled); a row saying why if it cannot run."""
     row: dict[str, Any] = {"key": experiment.key, "title": experiment.title, "paper": experiment.paper,
                            "claim": experiment.claim, "experiment": asdict(experiment),
                            "settings": settings(experiment, quick)}
@@ -116,17 +201,65 @@ def run_experiment(experiment: Experiment, data_dir: str, quick: bool) -> dict[s
     if reason:
         return {**row, "status": reason, "held": None}
     s = row["settings"]
+    training: dict[str, Any] = {}
     try:
-        task = make_task(experiment.task, data_dir=data_dir, **s["task_options"])
-        network = load_network(experiment.weights)
-    except (TaskError, WeightsError) as error:
+        task = make_task(experiment.task, data_dir=data_dir, splits=("val", "test"), **s["task_options"])
+        if experiment.meta_train:
+            network, training = meta_train(experiment, out, data_dir, s["meta_train"], threads)
+        else:
+            network = load_network(experiment.weights)
+        also = {name: load_network(name) for name in experiment.also}
+    except (TaskError, WeightsError, CheckpointError, OutputError, DivergedError) as error:
         return {**row, "status": f"not run: {error}", "held": None}
     start = time.time()
     result = evaluate(task, network, s["steps"], s["runs"], s["tune_runs"], grid=s["grid"])
+    problems = [task.sample(seed, "test") for seed in range(s["runs"])]
+    for name, net in also.items():  # untuned (lr 1), on the same test problems
+        result["optimizers"][f"{name} weights"] = {"lr": 1.0, **summarise(
+            [run_optimizer(pb, learned_optimizer(net, pb), s["steps"]) for pb in problems])}
+    if experiment.images:
+        plot_images(task, network, result, f"{experiment.title} ({experiment.paper})",
+                    out / f"{experiment.key}-images.png", experiment.images)
     result.update(weights=experiment.weights, weights_sha256=fingerprint(network), task_options=s["task_options"],
                   wall_seconds=time.time() - start)
+    if also:
+        result["also_sha256"] = {name: fingerprint(net) for name, net in also.items()}
+    if training:
+        result["meta_train"] = training
+    if getattr(task, "features_text", None):
+        result["features"] = task.features_text
     beats = result["beats_best_by_se"]
     return {**row, "status": "run", "result": result, "held": beats if experiment.claim == "beats" else not beats}
+
+
+def plot_images(task: Task, network: CoordinatewiseLSTM, result: dict[str, Any], title: str, path: Path,
+                count: int) -> None:
+    """Figure 9: for the first ``count`` test problems, the content image, the style image, and the images the
+    learned optimizer and the best tuned baseline (at its tuned learning rate) reach in ``result``'s steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = result["best_baseline"]
+    lr = result["optimizers"][best]["lr"]
+    fig, axes = plt.subplots(count, 4, figsize=(8, 2.2 * count + 0.5), squeeze=False)
+    for seed, ax in enumerate(axes):
+        problem = task.sample(seed, "test")
+        runs = {"LSTM (learned)": run_optimizer(problem, learned_optimizer(network, problem), result["steps"],
+                                                keep_params=True),
+                f"{best} (lr {lr:.3g})": run_optimizer(problem, lambda p: BASELINES[best](p, lr), result["steps"],
+                                                       keep_params=True)}
+        panels = {"content": task.content_image(seed, "test")[0], "style": task.style_image(),
+                  **{f"{name}: loss {run.final:.3g}": run.params["image"] for name, run in runs.items()}}
+        for axis, (label, image) in zip(ax, panels.items()):
+            axis.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy())
+            axis.set_title(label, fontsize=8)
+            axis.axis("off")
+    fig.suptitle(f"{title}, {result['steps']} steps\n{task.features_text}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -149,6 +282,28 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def each_baseline_table(row: dict[str, Any]) -> str:
+    """The learned optimizer's mean final loss against every other optimizer of a run row (tuned baselines and
+    untuned weights), with the features of a neural-art task and what of the paper's experiment was not matched."""
+    result = row["result"]
+    learned = result["optimizers"]["learned"]["final_mean"]
+    lines = [f"{row['title']} ({row['paper']}): {result['steps']} steps, {result['runs']} test problems"
+             + (f"; {result['features']}" if result.get("features") else ""),
+             "", "| optimizer | lr | final loss (± s.e.) | learned / this |", "|---|---|---|---:|"]
+    for name, r in result["optimizers"].items():
+        how = "tuned" if r.get("tuning_scores") else "untuned"
+        ratio = "" if name == "learned" else f"{learned / r['final_mean']:.3f}" if r["final_mean"] else "inf"
+        lines.append(f"| {'LSTM (learned)' if name == 'learned' else name} | {r['lr']:.3g} ({how}) | "
+                     f"{r['final_mean']:.4f} ± {r['final_se']:.4f} | {ratio} |")
+    training = result.get("meta_train")
+    if training:
+        lines.append(f"\nMeta-trained first: {training['iterations']} meta-iterations in "
+                     f"{training['wall_seconds']:.0f} s, best validation loss {training['best_val']:.4f} at "
+                     f"iteration {training['best_iteration']} (`{training['command']}`).")
+    notes = row["experiment"].get("notes")
+    return "\n".join(lines + ([f"\n{notes}"] if notes else []))
+
+
 def held_text(row: dict[str, Any]) -> str:
     """The table's "held" cell; where the paper reports a failure and the learned optimizer wins, it says so."""
     if row["held"]:
@@ -169,21 +324,23 @@ def _read_cached(path: Path) -> dict[str, Any] | None:
     return cached if isinstance(cached, dict) and isinstance(cached.get("result", {}), dict) else None
 
 
-def reproduce(out: Path, data_dir: str, quick: bool = False, only: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run the experiments (all, or the keys in ``only``) into ``out``; return their rows."""
-    experiments = [e for e in EXPERIMENTS if not only or e.key in only]
+def reproduce(out: Path, data_dir: str, quick: bool = False, only: list[str] | None = None,
+              threads: int = 1) -> list[dict[str, Any]]:
+    """Run the experiments (all, or the keys or groups in ``only``) into ``out``; return their rows. ``threads``:
+    the torch threads of a meta-training run."""
+    experiments = [e for e in EXPERIMENTS if not only or e.key in only or e.group in only]
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, experiment in enumerate(experiments, start=1):
         cached_path = out / f"{experiment.key}.json"
         cached = _read_cached(cached_path)
-        same = cached is not None and cached.get("status") == "run" and cached.get("experiment") == json.loads(
-            json.dumps(asdict(experiment))) and cached.get("settings") == json.loads(
-            json.dumps(settings(experiment, quick))) and cached["result"].get("weights_sha256") == bundled_fingerprint(
-            experiment.weights)
+        same = cached is not None and cached.get("status") == "run" and same_experiment(
+            cached.get("experiment"), experiment) and cached.get("settings") == json.loads(
+            json.dumps(settings(experiment, quick))) and all(
+            cached["result"].get(k) == v for k, v in fingerprints(experiment, out).items())
         print(f"[{i}/{len(experiments)}] {experiment.key}: " + ("done before, reused" if same else "..."),
               file=sys.stderr, flush=True)
-        row = cached if same else run_experiment(experiment, data_dir, quick)
+        row = cached if same else run_experiment(experiment, data_dir, quick, out, threads)
         if row["status"] == "run":
             if not same:
                 write_json(cached_path, row)
@@ -205,8 +362,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder holding MNIST/raw/ and cifar-10-batches-py/ (e.g. ../shared/data)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 test problems, 1 tuning problem, 3 learning rates, a tenth of the steps")
-    parser.add_argument("--only", action="append", choices=[e.key for e in EXPERIMENTS], default=None,
-                        help="run only this experiment (repeatable)")
+    groups = sorted({e.group for e in EXPERIMENTS if e.group})
+    parser.add_argument("--only", action="append", choices=[e.key for e in EXPERIMENTS] + groups, default=None,
+                        help=f"run only this experiment, or this group of experiments ({', '.join(groups)}) "
+                             "(repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a results.json in --out made by another command (refused otherwise)")
@@ -226,13 +385,17 @@ def main(argv: list[str] | None = None) -> None:
     previous = {} if args.overwrite or not (out / "results.json").exists() else json.loads(
         (out / "results.json").read_text(encoding="utf-8"))
     kept = {row["key"]: row for row in previous.get("experiments", [])}
-    rows = {**kept, **{row["key"]: row for row in reproduce(out, args.data_dir, args.quick, args.only)}}
+    done = reproduce(out, args.data_dir, args.quick, args.only, args.threads)
+    rows = {**kept, **{row["key"]: row for row in done}}
     rows = [rows[e.key] for e in EXPERIMENTS if e.key in rows]  # the paper's order
     summary = {"command": command,
                "machine": machine_description(), "quick": args.quick, "data_dir": args.data_dir,
                "wall_seconds": time.time() - start, "experiments": rows}
     write_json(out / "results.json", summary)
     print(table(rows))
+    for row in rows:
+        if row["status"] == "run" and row["experiment"].get("each_baseline"):
+            print(f"\n{each_baseline_table(row)}")
     print(f"wall time {summary['wall_seconds']:.0f} s; results in {out / 'results.json'}")
 
 

@@ -25,7 +25,7 @@ comparable across resolutions. The default weights were chosen on the random fea
   at scale 1/2. Textures synthesised from random features are a published result (Ustyuzhaninov et al. 2017,
   "What does it take to generate natural textures?": one layer of random multi-scale filters; He et al. 2016,
   random-weight deep networks). This is what can run without a download, and on 2 CPU cores.
-  :func:`features_text` names the features of a task, for figure and table titles.
+  ``NeuralArt.features_text`` names the features of a task, for figure and table titles.
 
 **Images** are names of photographs that scikit-image ships (``skimage.data``, e.g. ``astronaut``, ``coffee``,
 ``chelsea``; ``pip install 'torch_lstm_optim[art]'``) or paths of image files (read with Pillow). Greyscale images
@@ -226,14 +226,6 @@ def feature_net(features: str, filters: int, kernel: int, levels: int, seed: int
     return RandomFeatures(filters, kernel, levels, seed)
 
 
-def features_text(task: object) -> str:
-    """Which features a neural-art task uses, for the titles of figures and tables."""
-    if task.features == "vgg19":
-        return "VGG-19 ImageNet features (relu4_2 content; relu1_1-relu5_1 style)"
-    return (f"random features ({task.levels} scales x {task.filters} filters {task.kernel}x{task.kernel}, seed "
-            f"{task.feature_seed}), not VGG-19")
-
-
 @dataclass
 class NeuralArt:
     """Style transfer as an optimizee: the pixels of one image, content from a photograph of the split, one style."""
@@ -287,6 +279,15 @@ class NeuralArt:
         for source in (self.style, *self.content_train, *self.content_val, *self.content_test):
             load_image(source)  # every image now: a bad name or file is found before any work
         self.net  # VGG-19's weights now: refused before any work if they cannot be had
+
+    @property
+    def features_text(self) -> str:
+        """Which features this task uses, for the titles of figures and tables (``evaluate`` and ``reproduce`` put
+        a task's ``features_text`` there)."""
+        if self.features == "vgg19":
+            return "VGG-19 ImageNet features (relu4_2 content; relu1_1-relu5_1 style)"
+        return (f"random features ({self.levels} scales x {self.filters} filters {self.kernel}x{self.kernel}, seed "
+                f"{self.feature_seed}), not VGG-19")
 
     @property
     def net(self) -> RandomFeatures | VGG19Features:
