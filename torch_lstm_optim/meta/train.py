@@ -46,6 +46,7 @@ from . import distributed
 from .outputs import OutputError, atomic_write, machine_description
 from .tasks import MAX_SEED, Task, TaskError, make_task
 from .tasks.base import SPLIT_STRIDE, SPLITS, parse_task_args
+from .transplant import momentum_mix_from
 from .unroll import SINGLE, Networks, Rule, Unroll, advance, as_classes, meta_loss, param_labels
 
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
@@ -122,7 +123,8 @@ class MetaTrainConfig:
     init_weights: str | None = field(default=None, metadata={"help": "start from these weights (name/folder/hub)"})
     init_rule: str = field(default="adam", metadata={
         "help": "for a fresh direction_magnitude or momentum_mix network: the classic rule its head starts as, "
-                "'adam' or 'nag'"})
+                "'adam' or 'nag'; or 'transplant': with --init-weights of a direction_magnitude network, start the "
+                "momentum_mix network of the network flags from them (meta/transplant.py)"})
     init_lr: float | None = field(default=None, metadata={
         "help": "learning rate of that starting rule (default: output_scale)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
@@ -135,7 +137,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
     """Flags map one-to-one onto the fields of :class:`MetaTrainConfig` and :class:`NetworkConfig`."""
     parser = argparse.ArgumentParser(prog="python -m torch_lstm_optim.meta_train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    for cls, title in ((MetaTrainConfig, "meta-training"), (NetworkConfig, "network (ignored with --init-weights)")):
+    network_title = "network (ignored with --init-weights, except by --init-rule transplant)"
+    for cls, title in ((MetaTrainConfig, "meta-training"), (NetworkConfig, network_title)):
         group = parser.add_argument_group(title)
         for f in fields(cls):
             default = f.default_factory() if f.default_factory is not MISSING else f.default
@@ -182,8 +185,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
     if not 0 <= config.seed < MAX_SEED or config.max_nonfinite < 1:
         parser.error(f"--seed must be in [0, {MAX_SEED}) and --max-nonfinite >= 1, found {config.seed} and "
                      f"{config.max_nonfinite}")
-    if config.init_rule not in ("adam", "nag"):
-        parser.error(f"--init-rule must be 'adam' or 'nag', found {config.init_rule!r}")
+    if config.init_rule not in ("adam", "nag", "transplant"):
+        parser.error(f"--init-rule must be 'adam', 'nag' or 'transplant', found {config.init_rule!r}")
+    if config.init_rule == "transplant" and not config.init_weights:
+        parser.error("--init-rule transplant needs --init-weights (the trained weights to start from)")
     if not config.out.strip():
         parser.error("--out must name a folder")
     if config.push_to_hub is not None:
@@ -374,6 +379,8 @@ def start_networks(config: MetaTrainConfig, network_config: NetworkConfig) -> to
     for label in config.param_classes or [SINGLE]:
         if config.init_weights:
             network = load_network(config.init_weights)
+            if config.init_rule == "transplant":
+                network = momentum_mix_from(network, network_config)
         else:
             network = CoordinatewiseLSTM(network_config)
             if network_config.output != "linear":
