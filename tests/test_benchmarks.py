@@ -126,6 +126,15 @@ def test_real_model_resnet18_step_cost(tmp_path: Path) -> None:
     assert [row["optimizer"] for row in report["rows"]] == ["adam", "adadelta"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_step_says_it_needs_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    cuda_step = load_benchmark("cuda_step")
+    with pytest.raises(SystemExit) as exit_info:
+        cuda_step.main(["--sizes", "1M"])
+    assert exit_info.value.code == 2
+    assert "needs a CUDA device, and torch sees none" in capsys.readouterr().err
+
+
 def test_step_variants_time_the_cells_and_the_chunk_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     """Every variant of the cell computes the rule within float32 rounding, except bfloat16 matmuls."""
     step_variants = load_benchmark("step_variants")
