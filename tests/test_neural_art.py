@@ -132,6 +132,28 @@ def test_vgg19_without_cached_or_downloadable_weights_is_refused(monkeypatch: py
     assert not list(checkpoints.glob("*.pth"))
 
 
+def test_vgg19_features_are_the_papers_layers_once_the_weights_are_there(monkeypatch: pytest.MonkeyPatch,
+                                                                         images: dict[str, object]) -> None:
+    """torchvision's file stands in for by an untrained VGG-19's state (its 550 MB download is not for a test)."""
+    models = pytest.importorskip("torchvision.models")
+    monkeypatch.setattr(models.VGG19_Weights, "get_state_dict",
+                        lambda self, *args, **kwargs: models.vgg19().state_dict())
+    neural_art.feature_net.cache_clear()
+    try:
+        art = task(images, features="vgg19")
+        content, style = art.net(torch.rand(1, 3, 16, 16))
+        assert content.shape == (1, 512, 2, 2)  # relu4_2, after three poolings
+        assert [m.shape[1:] for m in style] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2), (512, 1, 1)]
+        assert not any(isinstance(layer, torch.nn.MaxPool2d) for layer in art.net.by_dtype[torch.float32])
+        problem = art.sample(0, "train")
+        image = problem.params["image"].clone().requires_grad_()
+        problem.loss({"image": image}, 0).backward()
+        assert image.grad.abs().sum() > 0
+        assert art.features_text == "VGG-19 ImageNet features (relu4_2 content; relu1_1-relu5_1 style)"
+    finally:
+        neural_art.feature_net.cache_clear()
+
+
 def test_the_default_images_are_disjoint_and_load() -> None:
     assert not set(CONTENT["train"]) & set(CONTENT["val"]) and not set(CONTENT["train"]) & set(CONTENT["test"])
     assert not set(CONTENT["val"]) & set(CONTENT["test"]) and TRAINING_STYLE != TEST_STYLE
