@@ -33,9 +33,7 @@ def test_flop_count_matches_torch_for_the_matmuls(step_cost: ModuleType, name: s
     config = step_cost.CONFIGS[name]
     network = CoordinatewiseLSTM(config)
     grad = torch.randn(1000)
-    # With autograd on: torch's counter skips the in-place addmm_ of the no_grad path, whose matmuls are the same
-    # FLOPs split in two (network.py).
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
         network.step(grad, network.init_state(grad))
     h, f = config.hidden_size, config.num_features
     head_inputs = h + (f if config.output == "direction_magnitude" else 0)
@@ -140,10 +138,10 @@ def test_step_variants_time_the_cells_and_the_chunk_sizes(capsys: pytest.Capture
     step_variants = load_benchmark("step_variants")
     report = step_variants.main(["--coordinates", "64", "--repeats", "4", "--warmup-steps", "2"])
     rows = report["rows"]
-    assert rows["network"]["ratio"] == 1.0 and rows["out-of-place"]["max_relative_difference"] == 0.0
+    assert rows["network"]["ratio"] == 1.0 and rows["network"]["max_relative_difference"] == 0.0
     assert all(row["max_relative_difference"] < 1e-6 for name, row in rows.items() if name != "bf16-matmul")
     assert ("bf16-matmul" in rows) == step_variants.cpu_has_bf16()
-    report = step_variants.main(["--chunk-sizes", "512,2048", "--size", "5k", "--variants", "network,out-of-place",
+    report = step_variants.main(["--chunk-sizes", "512,2048", "--size", "5k", "--variants", "network,in-place",
                                  "--repeats", "4"])
-    assert set(report["rows"]) == {"network 512", "network 2048", "out-of-place 512", "out-of-place 2048"}
+    assert set(report["rows"]) == {"network 512", "network 2048", "in-place 512", "in-place 2048"}
     assert report["reference"] == "network 2048" and "| network 512 |" in capsys.readouterr().out

@@ -220,7 +220,7 @@ def test_too_many_diverging_unrolls_in_a_row_stop_with_the_best_weights_intact(
     (["--init-lr", "nan"], "--init-lr must be a finite number > 0, found nan"),
     (["--seed", str(2**70)], "--seed must be in [0, 2147483648)"),
     (["--max-nonfinite", "0"], "--max-nonfinite >= 1"),
-    (["--init-rule", "foo"], "--init-rule must be 'adam' or 'nag', found 'foo'"),
+    (["--init-rule", "foo"], "--init-rule must be 'adam', 'nag' or 'transplant', found 'foo'"),
     (["--out", ""], "--out must name a folder"),
     (["--task-arg", "name=x"], "--task-arg name: not a task option"),
     (["--push-to-hub", "not a valid id!!"], "--push-to-hub: 'not a valid id!!' is not a valid hub repo id"),

@@ -143,27 +143,6 @@ def test_lstm_layers_are_torchs_lstm_cell(any_network: CoordinatewiseLSTM) -> No
         hidden = h
 
 
-def test_step_under_no_grad_computes_the_autograd_path(any_network: CoordinatewiseLSTM) -> None:
-    """Under ``torch.no_grad`` the cell writes over its own gates (network.py): the same update and state as the
-    differentiable path within 3e-7 of values of size 1, at every step of an unroll, and the state passed in is
-    left alone."""
-    torch.manual_seed(0)
-    grads = [torch.randn(300) * 10.0 ** torch.randint(-6, 3, (300,)) for _ in range(4)]
-    state = {k: (torch.randn_like(v) * 3 if k[0] in "hc" else v) for k, v in any_network.init_state(grads[0]).items()}
-    for grad in grads:
-        before = {k: v.clone() for k, v in state.items()}
-        with torch.no_grad():
-            fast_update, fast = any_network.step(grad, state)
-        assert all(torch.equal(before[k], v) for k, v in state.items())
-        slow_update, slow = any_network.step(grad, state)
-        assert slow_update.requires_grad
-        scale = slow_update.detach().abs().max()
-        torch.testing.assert_close(fast_update, slow_update.detach(), rtol=1e-6, atol=1e-6 * scale)
-        for name in slow:
-            torch.testing.assert_close(fast[name], slow[name].detach(), rtol=3e-7, atol=3e-7)
-        state = {k: v.detach() for k, v in slow.items()}
-
-
 def test_step_is_batched_coordinatewise(any_network: CoordinatewiseLSTM) -> None:
     """Coordinates do not interact: the update of a batch equals the updates of its pieces."""
     grad = torch.randn(10)

@@ -337,24 +337,10 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
             # A layer's step is 1.4x faster (2048 coordinates, one core); the results differ from torch.tanh's by
             # at most 2e-7 (tests/test_network.py).
             scale = self.gate_scale.to(layer.weight.dtype)
-            weight = (layer.weight * scale[:, None]).t()
-            if torch.is_grad_enabled():
-                gates = torch.addmm(layer.bias * scale, torch.cat([hidden, h], 1), weight)
-                i, f, g, o = torch.sigmoid(gates).split(hs, 1)
-                c = f * c + i * (2 * g - 1)
-                hidden = o * (2 * torch.sigmoid(2 * c) - 1)
-            else:
-                # The same arithmetic where no backward needs the intermediates (the optimizer's step): the input
-                # and h go through two matmuls into one gates tensor (no cat), and the cell writes over the gates
-                # in place, never over ``state``: one (N, 4H) and 2 (N, H) new tensors, where the lines above make a
-                # (N, F + H), two (N, 4H) and 10 (N, H). The optimizer's step is 1.07 to 1.13x faster (1M
-                # parameters, one core; docs/performance.md); results equal the lines above within 3e-7 (the
-                # rounding of the matmuls' sums and of addcmul's f * c + i (2g - 1); tests/test_network.py).
-                n = hidden.shape[1]
-                gates = torch.addmm(layer.bias * scale, hidden, weight[:n]).addmm_(h, weight[n:]).sigmoid_()
-                i, f, g, o = gates.split(hs, 1)
-                c = torch.addcmul(g.mul_(2).sub_(1).mul_(i), f, c)
-                hidden = torch.mul(c, 2).sigmoid_().mul_(2).sub_(1).mul_(o)
+            gates = torch.addmm(layer.bias * scale, torch.cat([hidden, h], 1), (layer.weight * scale[:, None]).t())
+            i, f, g, o = torch.sigmoid(gates).split(hs, 1)
+            c = f * c + i * (2 * g - 1)
+            hidden = o * (2 * torch.sigmoid(2 * c) - 1)
             new_state[f"h{layer_index}"], new_state[f"c{layer_index}"] = hidden, c
         return self._output(hidden, x, new_state), new_state
 
