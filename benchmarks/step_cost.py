@@ -66,6 +66,11 @@ CONFIGS = {
     "paper": NetworkConfig(),
     "scale_free": NetworkConfig(preprocessing="scale_free", log_rms_feature=True, output="direction_magnitude",
                                 output_scale=0.03),
+    # the second generation's form (docs/meta-training.md), at the paper's size and at 1 layer of 8 units
+    "momentum_mix": NetworkConfig(preprocessing="scale_free", log_step_feature=True, level_feature=True,
+                                  output="momentum_mix", output_scale=0.01),
+    "momentum_mix_1x8": NetworkConfig(hidden_size=8, num_layers=1, preprocessing="scale_free", log_step_feature=True,
+                                      level_feature=True, output="momentum_mix", output_scale=0.01),
 }
 ADAM_BYTES_PER_COORDINATE = 4 + 2 * 4 + 2 * 2 * 4  # read grad; read+write param, exp_avg, exp_avg_sq
 COPY_NUMEL = 1 << 25  # 128 MiB of float32: well beyond any last-level cache
@@ -80,14 +85,20 @@ def flops_per_coordinate(config: NetworkConfig) -> int:
     ``K = len(betas)``::
 
         features:  log_sign  9  (abs, compare, clamp, log, /p, where, sign, where, *e^p)
-                   scale_free 14 + 9K + E, E = F - 1 - K extra log features (log rms, log t)
+                   scale_free 14 + 9K + E, E = F - 1 - K extra log features (log rms, log t, level)
                               (clamp; K lerps of 3; g*g and its lerp; t+1; bias correction of v: 6;
                                of each momentum: 4; K+1 divisions by the rms and K+1 clamps; a log per extra)
+                              + 14 with the level (lerp 3, bias correction 6, + floor and sqrt 2, max 1,
+                               a second log and the difference 2)
         layer l:   8 H (n_l + H)     the fused gate matmul, 2 * 4H * (n_l + H)
                    + 18 H            bias 4H, one sigmoid over the gates 4H, tanh(g) = 2 sigmoid(2g) - 1 2H,
                                      c = f*c + i*tanh(g) 3H, tanh(c) = 2 sigmoid(2c) - 1 4H, h = o * tanh(c) H
         head:      linear 2H + 2     (matmul, bias, * output_scale)
-                   direction_magnitude 4 (H + F) + 6   (2 outputs from [h, x], bias 2, clamp, exp, *, *scale)
+                   direction_magnitude 4 (H + F) + 7   (2 outputs from [h, x], bias 2, clamp, exp, *, *scale,
+                                                        the [v > 0] factor)
+                   momentum_mix 2 (H + F) O + O + 2K + 5 + 3L, O = K + 2 + L outputs, L = 1 with the level
+                                     (outputs from [h, x] and bias; K+1 products and K sums of the mix; clamp,
+                                      exp, *, *scale; with the level sigmoid, *, +)
         optimizer: 3                 (finiteness check, lr * update, + param)
     """
     h, f = config.hidden_size, config.num_features
@@ -97,7 +108,10 @@ def flops_per_coordinate(config: NetworkConfig) -> int:
         features = 14 + 9 * len(config.betas) + (f - 1 - len(config.betas))
     widths = [f] + [h] * (config.num_layers - 1)
     layers = sum(8 * h * (n + h) + 18 * h for n in widths)
-    head = 2 * h + 2 if config.output == "linear" else 4 * (h + f) + 6
+    features += 14 * config.level_feature
+    k, outputs = len(config.betas), config.num_outputs
+    head = {"linear": 2 * h + 2, "direction_magnitude": 4 * (h + f) + 7,
+            "momentum_mix": 2 * (h + f) * outputs + outputs + 2 * k + 5 + 3 * config.level_feature}[config.output]
     return features + layers + head + 3
 
 
@@ -110,11 +124,11 @@ def transcendentals_per_coordinate(config: NetworkConfig) -> tuple[int, int]:
 def bytes_per_coordinate(config: NetworkConfig, state_bytes: int = 4) -> int:
     """Compulsory memory traffic of one coordinate's update: read the gradient (4 bytes), read and write the
     parameter (2 * 4) and every per-coordinate state value (``2 * state_bytes`` each: h and c of every layer, plus
-    scale_free's momenta, second moment and step count). Temporaries of a chunk are not counted: a perfect
-    implementation would keep them in cache."""
+    scale_free's momenta, second moment and step count, and the level's moment and peak). Temporaries of a chunk are
+    not counted: a perfect implementation would keep them in cache."""
     values = 2 * config.num_layers * config.hidden_size
     if config.preprocessing == "scale_free":
-        values += len(config.betas) + 2
+        values += len(config.betas) + 2 + 2 * config.level_feature
     return 4 + 2 * 4 + 2 * state_bytes * values
 
 

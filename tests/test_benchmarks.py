@@ -27,7 +27,7 @@ def step_cost() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("name", ["paper", "scale_free"])
+@pytest.mark.parametrize("name", ["paper", "scale_free", "momentum_mix", "momentum_mix_1x8"])
 def test_flop_count_matches_torch_for_the_matmuls(step_cost: ModuleType, name: str) -> None:
     """torch counts only matmuls; the analytic count is theirs plus the elementwise ops listed in its docstring."""
     config = step_cost.CONFIGS[name]
@@ -36,11 +36,12 @@ def test_flop_count_matches_torch_for_the_matmuls(step_cost: ModuleType, name: s
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         network.step(grad, network.init_state(grad))
     h, f = config.hidden_size, config.num_features
-    head_inputs = h + (f if config.output == "direction_magnitude" else 0)
-    head_outputs = 1 if config.output == "linear" else 2
-    matmuls = 8 * h * (f + h) + 8 * h * (2 * h) + 2 * head_inputs * head_outputs
+    head_inputs = h + (f if config.output != "linear" else 0)
+    widths = [f] + [h] * (config.num_layers - 1)
+    matmuls = sum(8 * h * (n + h) for n in widths) + 2 * head_inputs * config.num_outputs
     assert counter.get_total_flops() == 1000 * matmuls
-    assert matmuls < step_cost.flops_per_coordinate(config) < 1.1 * matmuls
+    # the elementwise ops add O(H) to the matmuls' O(H^2): under 10% at 2 x 20, 21% at 1 x 8
+    assert matmuls < step_cost.flops_per_coordinate(config) < (1.1 if config.hidden_size >= 20 else 1.25) * matmuls
 
 
 def test_benchmark_runs_and_writes_json(step_cost: ModuleType, tmp_path: Path,
