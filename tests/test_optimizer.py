@@ -427,3 +427,32 @@ def test_a_copied_or_pickled_optimizer_steps_like_the_original(any_network: Coor
         torch.testing.assert_close(c, p, rtol=0, atol=0)
     assert all(torch.equal(copied.state[c][k], optimizer.state[p][k]) for c, p in zip(copies, params)
                for k in optimizer.state[p] if k != "step")
+
+
+def test_load_state_dict_restores_what_a_pre_hook_returns_and_post_hooks_see_it(
+        any_network: CoordinatewiseLSTM) -> None:
+    """torch's load hooks: a pre-hook may return a new state dict, which is then what is checked and restored exactly;
+    each hook runs once, and a post-hook sees the restored state."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = LSTMOptimizer(model.parameters(), weights=any_network)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    calls: list[str] = []
+
+    def pre_hook(opt: LSTMOptimizer, state_dict: dict) -> dict:
+        calls.append("pre")
+        state_dict = copy.deepcopy(state_dict)
+        state_dict["state"][0]["h0"] = torch.full_like(state_dict["state"][0]["h0"], 0.25)
+        return state_dict
+
+    def post_hook(opt: LSTMOptimizer) -> None:
+        calls.append("post")
+        assert (opt.state[model.weight]["h0"] == 0.25).all()
+
+    optimizer.register_load_state_dict_pre_hook(pre_hook)
+    optimizer.register_load_state_dict_post_hook(post_hook)
+    optimizer.load_state_dict(saved)
+    assert calls == ["pre", "post"]
+    assert (optimizer.state[model.weight]["h0"] == 0.25).all()
+    assert not (saved["state"][0]["h0"] == 0.25).all()  # the caller's dict is left alone

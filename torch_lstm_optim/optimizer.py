@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from itertools import chain
@@ -316,9 +317,21 @@ class LSTMOptimizer(Optimizer):
         are not compared, only the names and shapes of the state they must fit. A ``"network"`` without
         ``"groups"`` (saved by a version without per-group networks) is compared with every group's network.
         """
+        # torch runs the load hooks inside its load_state_dict; they run here around it instead, so that what is
+        # checked and restored exactly is what the pre-hooks return, and the post-hooks see the restored state.
+        state_dict = state_dict.copy() if isinstance(state_dict, dict) else state_dict
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            state_dict = state_dict if result is None else result
         self._validate_state_dict(state_dict)
         state_dict = {k: v for k, v in state_dict.items() if k != "network"}
-        super().load_state_dict(state_dict)
+        hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = hooks
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for saved_id, p in zip(saved_ids, params):
@@ -326,6 +339,8 @@ class LSTMOptimizer(Optimizer):
             if saved is not None:
                 self.state[p] = {k: (v.to(device=p.device, dtype=state_dtype(k, self.state_dtype), copy=True)
                                      if isinstance(v, Tensor) else v) for k, v in saved.items()}
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def _validate_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
