@@ -31,7 +31,7 @@ OUTPUTS = ("linear", "direction_magnitude", "momentum_mix")
 # Fields added after the first release: a config.json written before them may omit them and gets these values,
 # which are the behaviour it was trained with.
 ADDED_FIELDS = {"level_feature": False, "level_beta": 0.9}
-LEVEL_FLOOR = 1e-30  # added to the fast second moment, as to ``v``: gradients below 1e-15 are not told apart
+MOMENT_FLOOR = 1e-30  # added to a bias-corrected EMA of g^2 before its root: gradients below 1e-15 are not told apart
 MAX_HIDDEN_SIZE = 1024
 MAX_LAYERS = 8
 
@@ -128,7 +128,16 @@ class NetworkConfig:
     def num_features(self) -> int:
         if self.preprocessing == "log_sign":
             return 2
-        return self.num_directions + self.log_rms_feature + self.log_step_feature + self.level_feature
+        return len(self.feature_names)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The input features, named, in the order :meth:`CoordinatewiseLSTM.features` stacks them."""
+        if self.preprocessing == "log_sign":
+            return ["log", "sign"]
+        names = ["g"] + [f"m{beta}" for beta in self.betas]
+        return names + ["log_rms"] * self.log_rms_feature + ["log_t"] * self.log_step_feature \
+            + ["level"] * self.level_feature
 
     @property
     def num_directions(self) -> int:
@@ -305,13 +314,13 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         acc = {f"m{i}": torch.lerp(state[f"m{i}"], g, 1 - b) for i, b in enumerate(cfg.betas)}
         acc["v"] = torch.lerp(state["v"], g * g, 1 - cfg.beta_v)
         acc["t"] = t = state["t"] + 1
-        rms = (acc["v"] / -torch.expm1(t * math.log(cfg.beta_v)) + 1e-30).sqrt()
+        rms = _corrected_root(acc["v"], t, cfg.beta_v)
         x = torch.stack([g] + [acc[f"m{i}"] for i in range(len(cfg.betas))], 1) / rms.unsqueeze(1)
         x = x.clamp(-cfg.feature_clip, cfg.feature_clip)
         extras = ([rms.log()] if cfg.log_rms_feature else []) + ([t.log()] if cfg.log_step_feature else [])
         if cfg.level_feature:
             acc["u"] = torch.lerp(state["u"], g * g, 1 - cfg.level_beta)
-            level = (acc["u"] / -torch.expm1(t * math.log(cfg.level_beta)) + LEVEL_FLOOR).sqrt()
+            level = _corrected_root(acc["u"], t, cfg.level_beta)
             acc["r"] = torch.maximum(state["r"], level)
             extras.append(level.log() - acc["r"].log())
         if extras:
@@ -356,10 +365,15 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
                 direction = direction * (state["v"] > 0)
         else:
             direction, s = (out[:, :k] * x[:, :k]).sum(1), out[:, k]
-            if cfg.level_feature:  # rho^kappa, with log rho the last feature
-                s = s.clamp(-bound, bound) + torch.sigmoid(out[:, k + 1]) * x[:, -1]
-                return direction * torch.exp(s) * cfg.output_scale
-        return direction * torch.exp(s.clamp(-bound, bound)) * cfg.output_scale
+        s = s.clamp(-bound, bound)
+        if cfg.output == "momentum_mix" and cfg.level_feature:  # rho^kappa, with log rho the last feature
+            s = s + torch.sigmoid(out[:, k + 1]) * x[:, -1]
+        return direction * torch.exp(s) * cfg.output_scale
+
+
+def _corrected_root(ema: Tensor, t: Tensor, beta: float) -> Tensor:
+    """The root of a zero-started EMA of ``g^2`` with decay ``beta`` after ``t`` steps, bias-corrected as in Adam."""
+    return (ema / -torch.expm1(t * math.log(beta)) + MOMENT_FLOOR).sqrt()
 
 
 def _bounded(grad: Tensor) -> Tensor:

@@ -18,14 +18,6 @@ import torch
 from ..network import CoordinatewiseLSTM, NetworkConfig
 
 
-def feature_names(config: NetworkConfig) -> list[str]:
-    """The names of a scale-free network's input features, in the order :meth:`CoordinatewiseLSTM.features` stacks
-    them."""
-    names = ["g"] + [f"m{beta}" for beta in config.betas]
-    return names + ["log_rms"] * config.log_rms_feature + ["log_t"] * config.log_step_feature \
-        + ["level"] * config.level_feature
-
-
 def momentum_mix_from(source: CoordinatewiseLSTM, config: NetworkConfig) -> CoordinatewiseLSTM:
     """A ``momentum_mix`` network of ``config`` that starts from ``source``'s trained weights (see the module)."""
     old = source.config
@@ -35,7 +27,7 @@ def momentum_mix_from(source: CoordinatewiseLSTM, config: NetworkConfig) -> Coor
     same = ("hidden_size", "num_layers", "preprocessing", "betas", "beta_v", "feature_clip")
     different = [f"{name} {getattr(old, name)!r} (target {getattr(config, name)!r})" for name in same
                  if getattr(old, name) != getattr(config, name)]
-    names, old_names = feature_names(config), feature_names(old)
+    names, old_names = config.feature_names, old.feature_names
     if different or not set(old_names) <= set(names):
         raise ValueError(f"cannot transplant: the weights' {', '.join(different) or 'features'} differ from the "
                          f"network flags (features {old_names} into {names})")
