@@ -147,7 +147,7 @@ def make_model(size: int, device: torch.device) -> nn.Module:
     return model
 
 
-def make_optimizer(kind: str, model: nn.Module, chunk_size: int) -> torch.optim.Optimizer:
+def make_optimizer(kind: str, model: nn.Module, chunk_size: int | None) -> torch.optim.Optimizer:
     """``"adam"``, or ``"<config>"`` / ``"<config>+compile"`` for an LSTMOptimizer with a random-weight network."""
     if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
@@ -229,7 +229,7 @@ def measure_size(size: int, kinds: list[str], args: argparse.Namespace, device: 
             p.data.copy_(q.data)
             p.grad.copy_(q.grad)
     optimizers = {kind: make_optimizer(kind, models[kind], args.chunk_size) for kind in kinds}
-    rows = min(args.chunk_size, numel)
+    rows = min(args.chunk_size or default_chunk_size(device), numel)  # the probes' shape: the paper's chunk
     clock = CLOCKS[args.clock]
     probes = ceiling_probes(rows, CONFIGS["paper"].hidden_size, device, clock)
     warmup = {}
@@ -292,13 +292,13 @@ def measure_size(size: int, kinds: list[str], args: argparse.Namespace, device: 
 def memory_in_subprocess(kinds: list[str], size: int, args: argparse.Namespace) -> dict[str, float]:
     """Peak extra resident bytes of one step of each of ``kinds`` on a model of ``size``, in a fresh process."""
     command = [sys.executable, __file__, "--memory-worker", ",".join(kinds), "--sizes", str(size),
-               "--threads", str(args.threads), "--chunk-size", str(args.chunk_size)]
+               "--threads", str(args.threads), *(["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def memory_worker(kinds: list[str], size: int, chunk_size: int) -> dict[str, float]:
+def memory_worker(kinds: list[str], size: int, chunk_size: int | None) -> dict[str, float]:
     """Run in the subprocess: per contender, one step to create the state, then the peak-RSS rise of a second."""
     peak = {}
     for kind in kinds:
@@ -333,8 +333,8 @@ def machine() -> str:
 def print_tables(report: dict[str, object]) -> None:
     """Markdown tables, ready for the README."""
     print(f"\n{report['machine']}; torch {report['torch']}; {report['threads']} thread(s); device {report['device']}; "
-          f"chunk_size {report['chunk_size']}; {report['clock']} time, median of {report['repeats']} interleaved "
-          f"steps after {report['warmup']} warm-up; {report['date']}; 1-minute load average "
+          f"chunk_size {report['chunk_size'] or 'default'}; {report['clock']} time, median of {report['repeats']} "
+          f"interleaved steps after {report['warmup']} warm-up; {report['date']}; 1-minute load average "
           f"{report['load_average_before']:.1f} before, {report['load_average_after']:.1f} after\n")
     print("| params | optimizer | step ms | of which system ms | x Adam | GFLOP/s | mm GFLOP/s | GB/s | copy GB/s "
           "| of roofline | sigmoid+tanh ms | fused bound | peak extra MiB |")
@@ -377,7 +377,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clock", choices=sorted(CLOCKS),
                         help="what a timing measures: this process's CPU time (default on CPU) or wall time (CUDA)")
     parser.add_argument("--chunk-size", type=int,
-                        help="LSTMOptimizer's chunk_size (default: default_chunk_size of the device)")
+                        help="LSTMOptimizer's chunk_size (default: default_chunk_size of the device and each "
+                             "network's width)")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"comma-separated network configs to time, of {sorted(CONFIGS)}")
     parser.add_argument("--compile", action="store_true",
@@ -404,7 +405,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         print(json.dumps(memory_worker(args.memory_worker.split(","), sizes[0], args.chunk_size)))
         return {}
     device = torch.device(args.device)
-    args.chunk_size = args.chunk_size or default_chunk_size(device)
     args.clock = "wall" if device.type == "cuda" else args.clock or "cpu"
     configs = args.configs.split(",")
     kinds = ["adam", *configs, *(f"{c}+compile" for c in configs if args.compile)]
@@ -414,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "chunk_size": args.chunk_size, "clock": args.clock, "repeats": args.repeats, "warmup": args.warmup,
         "date": datetime.date.today().isoformat(), "load_average_before": os.getloadavg()[0],
         "command": " ".join(["python benchmarks/step_cost.py", *(sys.argv[1:] if argv is None else argv)]), "sizes": []}
-    print(f"timing {kinds} with {torch.get_num_threads()} thread(s), chunk_size {args.chunk_size}", flush=True)
+    print(f"timing {kinds} with {torch.get_num_threads()} thread(s), chunk_size {args.chunk_size or 'default'}",
+          flush=True)
     for size in sizes:
         started = time.perf_counter()
         report["sizes"].append(measure_size(size, kinds, args, device))

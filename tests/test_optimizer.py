@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from conftest import make_network
-from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, StateDictError, WeightsError
+from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, NetworkConfig, StateDictError, WeightsError
 from torch_lstm_optim.network import state_names
+from torch_lstm_optim.optimizer import default_chunk_size
 
 SHAPES = [(3, 4), (5,), (), (2, 3, 2)]
 
@@ -115,6 +116,16 @@ def test_chunking_does_not_change_the_result(any_network: CoordinatewiseLSTM, ch
     params = make_params()
     grads = run(LSTMOptimizer(params, any_network, chunk_size=chunk_size), params, range(3))
     assert_close_all(params, reference(any_network, make_params(), grads, [1.0] * 3))
+
+
+@pytest.mark.parametrize(("hidden_size", "expected"), [(20, 2048), (64, 2048), (16, 4096), (8, 8192), (1, 65536)])
+def test_default_chunk_grows_as_the_rule_narrows(hidden_size: int, expected: int) -> None:
+    """On CPU one chunk's gates stay within 1 MiB (2048 for the paper's width, as measured best there); a narrower
+    rule gets bigger chunks, since its per-chunk overhead dominates; accelerators get 65536 whatever the width."""
+    config = NetworkConfig(hidden_size=hidden_size)
+    assert default_chunk_size(torch.device("cpu"), config) == expected
+    assert default_chunk_size(torch.device("cpu")) == 2048
+    assert default_chunk_size(torch.device("meta"), config) == 65536
 
 
 def test_lr_scheduler_scales_the_update(network: CoordinatewiseLSTM) -> None:

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from .network import CoordinatewiseLSTM, State, state_dtype, state_names
+from .network import CoordinatewiseLSTM, NetworkConfig, State, state_dtype, state_names
 from .weights import StateDictError, WeightsError, load_network
 
 
@@ -47,6 +47,7 @@ class _Segment:
 
 
 # The attributes of LSTMOptimizer that copies and pickles keep besides torch's (see __getstate__).
+CPU_CHUNK_BYTES = 1 << 20  # one chunk's LSTM gates on CPU (default_chunk_size)
 _PICKLED = ("chunk_size", "state_dtype", "nonfinite", "nonfinite_count", "compile", "_default_weights",
             "_default_revision", "_default", "_loaded", "_group_networks")
 
@@ -68,7 +69,7 @@ class LSTMOptimizer(Optimizer):
         weight_decay: L2 penalty added to the gradient before the network sees it.
         maximize: maximise the objective instead of minimising it.
         chunk_size: most coordinates fed to the network at once; bounds a step's transient memory.
-            ``None`` picks :func:`default_chunk_size` for the parameters' device.
+            ``None`` picks :func:`default_chunk_size` for the parameters' device and the network's width.
         state_dtype: dtype of the per-coordinate state (float32; bfloat16 halves its memory).
         nonfinite: ``"skip"`` leaves coordinates whose gradient is NaN/inf (their parameter AND state)
             unchanged, counts them in ``nonfinite_count`` and warns once; ``"raise"`` raises
@@ -254,7 +255,7 @@ class LSTMOptimizer(Optimizer):
                 copies.append((local, flat))
             segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel(),
                                      _lr_on(group["lr"], device)))
-        for chunk in _chunks(segments, self.chunk_size or default_chunk_size(device)):
+        for chunk in _chunks(segments, self.chunk_size or default_chunk_size(device, network.config)):
             self._apply_chunk(chunk, network, rule)
         for local, flat in copies:
             local.copy_(flat.view_as(local))
@@ -413,16 +414,24 @@ def _check_entry(saved: dict[str, Any], p: Tensor, names: set[str], hidden_size:
             raise StateDictError(f"{where}: entry {k!r} is not a finite floating-point tensor")
 
 
-def default_chunk_size(device: torch.device) -> int:
-    """``chunk_size=None``'s choice: 2048 on CPU, 65536 elsewhere.
+def default_chunk_size(device: torch.device, config: NetworkConfig | None = None) -> int:
+    """``chunk_size=None``'s choice: on CPU, as many coordinates as keep one chunk's LSTM gates (``4 * hidden_size``
+    float32 values per coordinate) within 1 MiB, rounded down to a power of two and at least 2048; 65536 elsewhere.
 
-    On CPU, chunks of 2048 coordinates keep a step's temporaries (under 1 MiB each) inside the C allocator's reused
-    memory: at 1M parameters a step spent 0 to 4 ms in the kernel against 270 to 530 ms at 16384, where freed
-    temporaries were handed back to the OS and faulted in again, while the per-chunk overhead added about 10% of user
-    time (910 against 820 ms; 1024 was slower, 4096 faulted at times; ``benchmarks/step_cost.py --chunk-size``).
-    Results do not depend on the chunk. On accelerators fewer, larger chunks launch fewer kernels.
+    That is 2048 for the paper's 20 units, where a step's temporaries (under 1 MiB each) stay inside the C
+    allocator's reused memory: at 1M parameters a step spent 0 to 4 ms in the kernel against 270 to 530 ms at 16384,
+    where freed temporaries were handed back to the OS and faulted in again, while the per-chunk overhead added about
+    10% of user time (910 against 820 ms; 1024 was slower, 4096 faulted at times). A narrower rule has smaller
+    temporaries and a cheaper LSTM, so there the per-chunk overhead dominates: for 1 layer of 8 units, 8192 (what
+    this gives) took 316 ms at 1M parameters against 514 ms at 2048 (``benchmarks/step_cost.py --chunk-size``;
+    docs/performance.md). Results do not depend on the chunk. On accelerators fewer, larger chunks launch fewer
+    kernels.
     """
-    return 2048 if device.type == "cpu" else 65536
+    if device.type != "cpu":
+        return 65536
+    hidden = NetworkConfig().hidden_size if config is None else config.hidden_size
+    rows = CPU_CHUNK_BYTES // (4 * hidden * 4)
+    return max(2048, 1 << (rows.bit_length() - 1))
 
 
 def _chunks(segments: list[_Segment], size: int) -> Iterable[list[_Segment]]:
