@@ -16,7 +16,8 @@ and labels (batch ``--batch-size``, 16 by default): step cost only, no test scor
 
 The contenders (``--optimizers``): ``lstm`` = ``LSTMOptimizer(model.parameters())`` with the default weights
 (or ``--weights``), ``adam`` = ``torch.optim.Adam(lr=1e-3)``, ``adadelta`` = ``torch.optim.Adadelta(lr=1.0)``
-(pytorch/examples' optimizer), each with torch's defaults otherwise. Every contender gets its own copy of the same
+(pytorch/examples' optimizer), each with torch's defaults otherwise; on request also ``lstm+compile``, the first with
+``compile=True`` (its first step compiles, and that time counts). Every contender gets its own copy of the same
 initial model and sees the same batches in the same order; each also has its own copy of the RNG state, so its
 dropout masks are the ones it would draw alone. The contenders take turns, one training step each per round, in a
 rotating order, so that noise from other processes hits all of them alike.
@@ -56,6 +57,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FAKE_TRAIN_SIZE = 1000  # digits of --fake-data's training set
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "lstm": lambda params, weights: LSTMOptimizer(params, weights),
+    "lstm+compile": lambda params, weights: LSTMOptimizer(params, weights, compile=True),
     "adam": lambda params, weights: torch.optim.Adam(params, lr=1e-3),
     "adadelta": lambda params, weights: torch.optim.Adadelta(params, lr=1.0),
 }
@@ -248,7 +250,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "of 10,000 digits at batch 64)")
     parser.add_argument("--batch-size", type=int, help="default 64 for mnist-cnn (as pytorch/examples), 16 for "
                         "resnet18")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS),
+    parser.add_argument("--optimizers", default="lstm,adam,adadelta",
                         help=f"comma-separated contenders, of {list(OPTIMIZERS)}")
     parser.add_argument("--weights", help="LSTMOptimizer's weights (bundled name, folder or hub id; default: the "
                         "default weights)")

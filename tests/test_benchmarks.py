@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from torch_lstm_optim import CoordinatewiseLSTM
+from torch_lstm_optim import CoordinatewiseLSTM, NetworkConfig
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -146,3 +146,30 @@ def test_step_variants_time_the_cells_and_the_chunk_sizes(capsys: pytest.Capture
                                  "--repeats", "4"])
     assert set(report["rows"]) == {"network 512", "network 2048", "in-place 512", "in-place 2048"}
     assert report["reference"] == "network 2048" and "| network 512 |" in capsys.readouterr().out
+
+
+def test_frontier_joins_cost_and_suite_quality(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Each point's form is timed against Adam in one run, its quality read from its suite results.json."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # frontier imports step_cost as the script does
+    frontier = load_benchmark("frontier")
+    small = tmp_path / "small"
+    CoordinatewiseLSTM(NetworkConfig(hidden_size=4, num_layers=1, preprocessing="scale_free",
+                                     output="momentum_mix")).save_pretrained(small)
+    points = []
+    for label, weights, won in (("paper", "quadratic", 1), ("small", str(small), 3)):
+        summary = {"won": won, "pairs": 28, "median_ratio": 1.5, "worst_ratio": 10.0, "worst_pair": "x@100",
+                   "learned_diverged_in": [], "untuned_not_beaten_in": ["y@100"]}
+        (tmp_path / f"{label}.json").write_text(json.dumps({"summary": summary, "command": "evaluate"}))
+        points += ["--point", label, weights, str(tmp_path / f"{label}.json")]
+    report = frontier.main([*points, "--size", "2k", "--repeats", "2", "--plot", str(tmp_path / "f.png"),
+                            "--json", str(tmp_path / "f.json")])
+    rows = {row["label"]: row for row in report["points"]}
+    assert rows["paper"]["form"] == "2x20 log_sign/linear" and rows["small"]["form"] == "1x4 scale_free/momentum_mix"
+    assert rows["small"]["won"] == 3 and rows["small"]["untuned_beaten"] == 27
+    assert all(row["cost_x_adam"] > 0 and row["cost_x_adam_compiled"] is None for row in rows.values())
+    assert (tmp_path / "f.png").stat().st_size > 0 and json.loads((tmp_path / "f.json").read_text())["points"]
+    assert "| small | 1x4 scale_free/momentum_mix |" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="bad.json: not the results.json of an `evaluate --suite` run"):
+        frontier.main(["--point", "x", "mnist-mlp", str(tmp_path / "bad.json"), "--size", "2k"])
