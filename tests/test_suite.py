@@ -46,7 +46,16 @@ def test_quick_suite_end_to_end(tmp_path, capsys):
     assert summary["pairs"] == 6 and 0 <= summary["fraction_won"] <= 1
     assert summary["worst_ratio"] == max(p["ratio_tuned"] for p in result["pairs"])
     assert len(summary["bar"]) == 5 and summary["passed"] == all(summary["bar"].values())
-    assert "| beale-2d | 20 |" in capsys.readouterr().out
+    # each tuned baseline scored as the learned one is, against the best of the other four: it wins a pair only
+    # where it is the best tuned one (ties aside), and the ratio of the best tuned one is at most 1
+    against_rest = summary["tuned_against_the_rest"]
+    assert set(against_rest) == set(TUNED)
+    for name, scores in against_rest.items():
+        assert scores["won"] <= sum(p["best_tuned"] == name for p in result["pairs"])
+        assert scores["median_ratio"] <= scores["worst_ratio"]
+    assert sum(scores["won"] for scores in against_rest.values()) <= summary["pairs"]
+    out = capsys.readouterr().out
+    assert "| beale-2d | 20 |" in out and "| tuned baseline | wins | median ratio | worst ratio |" in out
 
     evaluate_main(argv)
     assert "resuming: 6 pairs" in capsys.readouterr().err
