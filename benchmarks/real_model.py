@@ -136,17 +136,22 @@ def batches(args: argparse.Namespace, train: tuple[Tensor, Tensor] | None) -> It
 class Contender:
     """One optimizer with its own model and RNG state, and the timings of its steps."""
 
-    def __init__(self, name: str, model: nn.Module, weights: str | None) -> None:
+    def __init__(self, name: str, model: nn.Module, weights: str | None, warmup: int = 0) -> None:
         self.name, self.model = name, model
         self.optimizer = OPTIMIZERS[name](model.parameters(), weights)
+        # the learned rule's lr (a multiplier of its update) rises from 0.01 to 1 over the first ``warmup`` steps
+        self.schedule = torch.optim.lr_scheduler.LinearLR(self.optimizer, 0.01, 1.0, warmup) \
+            if warmup and name.startswith("lstm") else None
         self.rng = torch.random.get_rng_state()
         self.forward_backward: list[float] = []
         self.step: list[float] = []
         self.cpu: list[float] = []
         self.losses: list[float] = []
+        self.first_step: dict[str, float] = {}  # per parameter: rms of the first update over the parameter's rms
 
     def train_step(self, x: Tensor, y: Tensor) -> None:
         torch.random.set_rng_state(self.rng)  # dropout draws as if this contender ran alone
+        before = None if self.first_step else [p.detach().clone() for p in self.model.parameters()]  # not timed
         cpu, start = time.process_time(), time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         out = self.model(x)
@@ -155,6 +160,11 @@ class Contender:
         middle = time.perf_counter()
         self.optimizer.step()
         end = time.perf_counter()
+        if before is not None:
+            self.first_step = {name: float(_rms(p.detach() - old) / _rms(old))
+                               for (name, p), old in zip(self.model.named_parameters(), before)}
+        if self.schedule is not None:
+            self.schedule.step()
         self.cpu.append(time.process_time() - cpu)
         self.forward_backward.append(middle - start)
         self.step.append(end - middle)
@@ -185,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     else:
         data = batches(args, None)
     torch.manual_seed(args.seed)  # every contender starts from the same RNG state (dropout)
-    contenders = [Contender(name, copy.deepcopy(reference), args.weights) for name in args.optimizers]
+    contenders = [Contender(name, copy.deepcopy(reference), args.weights, args.warmup) for name in args.optimizers]
     print(f"training {args.model} ({numel:,} parameters) for {args.steps} steps of batch {args.batch_size} with "
           f"{args.optimizers}, {torch.get_num_threads()} thread(s)", flush=True)
     started = time.perf_counter()
@@ -207,6 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "first_optimizer_step_ms": 1e3 * contender.step[0],
             "cpu_ms": 1e3 * statistics.fmean(contender.cpu),
             "train_loss_last_10pct": statistics.fmean(contender.losses[-max(1, len(contender.losses) // 10):]),
+            "first_step_over_param_rms": contender.first_step,
         }
         row["optimizer_share"] = row["optimizer_step_ms"] / row["step_ms"]
         if test is not None:
@@ -221,10 +232,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "test_size": None if test is None else len(test[1])}
 
 
+def _rms(t: Tensor) -> Tensor:
+    return t.pow(2).mean().sqrt()
+
+
 def print_table(report: dict[str, object]) -> None:
     """A markdown table, ready for docs/performance.md."""
     print(f"\n{report['model']} ({report['params']:,} parameters), {report['steps']} steps of batch "
-          f"{report['batch_size']}{', fake data' if report['fake_data'] else ''}; {report['machine']}; "
+          f"{report['batch_size']}{', fake data' if report['fake_data'] else ''}"
+          f"{f', learned lr warm-up over {w} steps' if (w := report['warmup']) else ''}; {report['machine']}; "
           f"{report['threads']} thread(s); {report['date']}; {report['wall_s']:.0f} s in all\n")
     scored = report["test_size"] is not None
     print("| optimizer | ms/step | fwd+bwd ms | optimizer.step ms | median optimizer.step ms | optimizer share "
@@ -238,6 +254,12 @@ def print_table(report: dict[str, object]) -> None:
               f"{row['optimizer_step_ms']:.1f} | {row['optimizer_step_median_ms']:.1f} | "
               f"{row['optimizer_share']:.0%} | {row['cpu_ms']:.1f} | {ratios} | {row['train_loss_last_10pct']:.4f} |"
               + (f" {row['test_loss']:.4f} | {row['test_accuracy']:.2%} |" if scored else ""))
+    names = list(report["rows"][0]["first_step_over_param_rms"])
+    print("\nThe first step's size, per parameter: rms of the update over the rms of the parameter it moves\n")
+    print("| optimizer | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
+    for row in report["rows"]:
+        print(f"| {row['optimizer']} | " + " | ".join(f"{v:.2g}" for v in row["first_step_over_param_rms"].values())
+              + " |")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -252,6 +274,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "resnet18")
     parser.add_argument("--optimizers", default="lstm,adam,adadelta",
                         help=f"comma-separated contenders, of {list(OPTIMIZERS)}")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="learning-rate warm-up of the learned optimizer: torch's LinearLR from 0.01 to 1 over this "
+                             "many steps (0: none, the rule as meta-trained)")
     parser.add_argument("--weights", help="LSTMOptimizer's weights (bundled name, folder or hub id; default: the "
                         "default weights)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data",
@@ -285,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     report: dict[str, object] = {
         "command": command, "machine": machine_description(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "date": datetime.date.today().isoformat(), "steps": args.steps,
-        "batch_size": args.batch_size, "fake_data": args.fake_data, "seed": args.seed,
+        "batch_size": args.batch_size, "fake_data": args.fake_data, "seed": args.seed, "warmup": args.warmup,
         "load_average_before": os.getloadavg()[0]}
     report.update(run(args))
     report["load_average_after"] = os.getloadavg()[0]
