@@ -128,27 +128,6 @@ def test_default_chunk_grows_as_the_rule_narrows(hidden_size: int, expected: int
     assert default_chunk_size(torch.device("meta"), config) == 65536
 
 
-def test_warmup_scales_each_parameters_first_updates(any_network: CoordinatewiseLSTM) -> None:
-    """``warmup=4``: the t-th update of a parameter is ``min(1, t/4)`` times the rule's, counted per parameter (one
-    that gets its first gradient later starts its own warm-up); the rule's state is the same as without."""
-    params = make_params()
-    optimizer = LSTMOptimizer(params, any_network, lr=0.8, warmup=4)
-    grads = run(optimizer, params, range(6))
-    assert_close_all(params, reference(any_network, make_params(), grads, [0.8 * min(1, t / 4) for t in range(1, 7)]))
-    late, early = make_params()[:2]
-    optimizer = LSTMOptimizer([early, late], any_network, warmup=4)
-    early.grad = torch.ones_like(early)
-    optimizer.step()
-    assert late.grad is None and optimizer.state[late] == {}
-    before = late.detach().clone()
-    late.grad, early.grad = torch.ones_like(late), torch.ones_like(early)
-    optimizer.step()
-    plain = make_params()[0]  # late's twin, stepped once without a warm-up
-    plain.grad = torch.ones_like(plain)
-    LSTMOptimizer([plain], any_network).step()
-    torch.testing.assert_close(late.detach() - before, (plain.detach() - before) / 4)
-
-
 def test_lr_scheduler_scales_the_update(network: CoordinatewiseLSTM) -> None:
     params = make_params()
     optimizer = LSTMOptimizer(params, network, lr=0.8)
@@ -383,7 +362,6 @@ def test_load_state_dict_with_a_corrupt_entry_raises_and_changes_nothing(network
     (dict(weight_decay=True), "weight_decay"),
     (dict(chunk_size=0), "chunk_size"), (dict(chunk_size=2.5), "chunk_size"), (dict(chunk_size=True), "chunk_size"),
     (dict(state_dtype=torch.int32), "state_dtype"), (dict(nonfinite="ignore"), "nonfinite"),
-    (dict(warmup=-1), "warmup"), (dict(warmup=2.5), "warmup"), (dict(warmup=True), "warmup"),
 ])
 def test_bad_constructor_arguments_raise_clear_errors(network: CoordinatewiseLSTM, kwargs: dict[str, object],
                                                       match: str) -> None:
@@ -441,7 +419,7 @@ def test_bfloat16_state_follows_a_shrinking_gradient() -> None:
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_a_copied_or_pickled_optimizer_steps_like_the_original(any_network: CoordinatewiseLSTM, how: str) -> None:
     params = make_params()
-    optimizer = LSTMOptimizer(params, weights=any_network, lr=0.5, chunk_size=3, warmup=3)
+    optimizer = LSTMOptimizer(params, weights=any_network, lr=0.5, chunk_size=3)
     run(optimizer, params, range(2))
     if how == "deepcopy":
         copied = copy.deepcopy(optimizer)
@@ -453,7 +431,7 @@ def test_a_copied_or_pickled_optimizer_steps_like_the_original(any_network: Coor
     copies = [p for group in copied.param_groups for p in group["params"]]
     assert all(c is not p and torch.equal(c, p) for c, p in zip(copies, params))
     assert copied.param_groups[0]["lr"] == 0.5
-    assert copied.chunk_size == 3 and copied.state_dtype == optimizer.state_dtype and copied.warmup == 3
+    assert copied.chunk_size == 3 and copied.state_dtype == optimizer.state_dtype
     run(optimizer, params, range(2, 4))
     run(copied, copies, range(2, 4))
     for c, p in zip(copies, params):

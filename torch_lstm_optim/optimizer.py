@@ -48,7 +48,7 @@ class _Segment:
 
 # The attributes of LSTMOptimizer that copies and pickles keep besides torch's (see __getstate__).
 CPU_CHUNK_BYTES = 1 << 20  # one chunk's LSTM gates on CPU (default_chunk_size)
-_PICKLED = ("chunk_size", "state_dtype", "nonfinite", "nonfinite_count", "warmup", "compile", "_default_weights",
+_PICKLED = ("chunk_size", "state_dtype", "nonfinite", "nonfinite_count", "compile", "_default_weights",
             "_default_revision", "_default", "_loaded", "_group_networks")
 
 
@@ -75,10 +75,6 @@ class LSTMOptimizer(Optimizer):
             unchanged, counts them in ``nonfinite_count`` and warns once; ``"raise"`` raises
             :class:`NonFiniteGradientError` naming the parameter before anything changes.
         revision: hub revision (branch, tag or commit) when ``weights`` is a hub repo id.
-        warmup: steps over which each parameter's update is scaled up linearly, by ``min(1, t / warmup)`` at its
-            ``t``-th step (0: none, the rule exactly as meta-trained). The rules' first steps are scale-free, about
-            0.015 per coordinate whatever the parameter's size; a layer whose weights are smaller than that (a
-            fan-in of thousands) is thrown far off by them (docs/results.md, "The first steps").
         compile: run the update rule as ``torch.compile(network.step, dynamic=True)``: the same math, fused,
             with updates equal to eager within float rounding. On CPU steps are 1.1-1.3x faster from 10k to 1M
             parameters (docs/performance.md); the first step pays the compilation (about 10 s).
@@ -88,7 +84,7 @@ class LSTMOptimizer(Optimizer):
                  weights: CoordinatewiseLSTM | str | Path | None = None, *, lr: float | Tensor = 1.0,
                  weight_decay: float = 0.0, maximize: bool = False, chunk_size: int | None = None,
                  state_dtype: torch.dtype = torch.float32, nonfinite: str = "skip",
-                 revision: str | None = None, warmup: int = 0, compile: bool = False) -> None:
+                 revision: str | None = None, compile: bool = False) -> None:
         if isinstance(lr, Tensor):
             # As torch's optimizers (torch/optim/adam.py, sgd.py): one element, whatever the shape.
             if lr.numel() != 1:
@@ -106,15 +102,12 @@ class LSTMOptimizer(Optimizer):
             raise ValueError(f"Invalid state_dtype: {state_dtype!r} (must be a floating dtype)")
         if nonfinite not in ("skip", "raise"):
             raise ValueError(f"Invalid nonfinite: {nonfinite!r} (must be 'skip' or 'raise')")
-        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-            raise ValueError(f"Invalid warmup: {warmup!r} (must be an int >= 0)")
         if not isinstance(compile, bool):
             raise ValueError(f"Invalid compile: {compile!r} (must be True or False)")
         self.chunk_size = chunk_size
         self.state_dtype = state_dtype
         self.nonfinite = nonfinite
         self.nonfinite_count = 0
-        self.warmup = warmup
         self.compile = compile
         self._default_weights, self._default_revision = weights, revision
         self._default: CoordinatewiseLSTM | None = None
@@ -134,7 +127,6 @@ class LSTMOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # also called by load_state_dict, with torch's entries only: keep the caches
-        self.__dict__.setdefault("warmup", 0)  # pickled before the warm-up existed
         self.__dict__.setdefault("_networks", {})
         self.__dict__.setdefault("_rules", {})
 
@@ -261,10 +253,8 @@ class LSTMOptimizer(Optimizer):
             flat = local.view(-1) if local.is_contiguous() else local.contiguous().view(-1)
             if not local.is_contiguous():
                 copies.append((local, flat))
-            lr = _lr_on(group["lr"], device)
-            if state["step"] < self.warmup:
-                lr = lr * (state["step"] / self.warmup)
-            segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel(), lr))
+            segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel(),
+                                     _lr_on(group["lr"], device)))
         for chunk in _chunks(segments, self.chunk_size or default_chunk_size(device, network.config)):
             self._apply_chunk(chunk, network, rule)
         for local, flat in copies:
