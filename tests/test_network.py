@@ -217,6 +217,7 @@ def test_direction_magnitude_output_starts_as_a_descent_direction() -> None:
     ("num_layers", 0), ("num_layers", 100), ("preprocessing", "adam"), ("output", "tanh"),
     ("p", 0.0), ("p", float("nan")), ("output_scale", float("inf")), ("output_scale", -1.0),
     ("betas", (1.0,)), ("betas", ()), ("beta_v", -0.1), ("feature_clip", "10"),
+    ("warmup_steps", 20), ("warmup_steps", 2.5),
 ])
 def test_config_refuses_bad_fields(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -328,9 +329,9 @@ def test_kappa_one_shrinks_the_step_with_the_gradient() -> None:
     assert 0 < -update.max() < floor * 1e-3
 
 
-def test_configs_without_the_level_fields_load_as_before() -> None:
+def test_configs_without_the_added_fields_load_as_before() -> None:
     data = NetworkConfig().to_dict()
-    del data["level_feature"], data["level_beta"]
+    del data["level_feature"], data["level_beta"], data["warmup_steps"]
     assert NetworkConfig.from_dict(data) == NetworkConfig()
     with pytest.raises(ValueError, match="missing fields \\['hidden_size'\\]"):
         NetworkConfig.from_dict({k: v for k, v in NetworkConfig().to_dict().items() if k != "hidden_size"})
@@ -341,3 +342,26 @@ def test_configs_without_the_level_fields_load_as_before() -> None:
 def test_config_refuses_the_momentum_mix_without_its_features(config: dict) -> None:
     with pytest.raises(ValueError, match="momentum_mix|level"):
         NetworkConfig(**config)
+
+
+@pytest.mark.parametrize("output", ["direction_magnitude", "momentum_mix"])
+def test_warmup_scales_each_coordinates_first_updates(output: str) -> None:
+    """With ``warmup_steps=4`` a coordinate's t-th update is ``min(1, t/4)`` times the rule's without it, counted
+    per coordinate (one that joins later starts its own warm-up); the state is the same."""
+    form = dict(preprocessing="scale_free", output=output, level_feature=output == "momentum_mix")
+    plain = CoordinatewiseLSTM(NetworkConfig(**form))
+    warm = CoordinatewiseLSTM(NetworkConfig(**form, warmup_steps=4))
+    warm.load_state_dict(plain.state_dict())
+    torch.manual_seed(0)
+    state_plain, state_warm = plain.init_state(torch.zeros(5)), warm.init_state(torch.zeros(5))
+    state_warm["t"][0] = 10.0  # this coordinate is past its warm-up
+    state_plain["t"][0] = 10.0
+    with torch.no_grad():
+        for t in range(1, 7):
+            grad = torch.randn(5)
+            update_plain, state_plain = plain.step(grad, state_plain)
+            update_warm, state_warm = warm.step(grad, state_warm)
+            factor = torch.tensor([1.0] + [min(1.0, t / 4)] * 4)
+            torch.testing.assert_close(update_warm, update_plain * factor)
+            for k in state_plain:
+                torch.testing.assert_close(state_warm[k], state_plain[k])

@@ -30,7 +30,7 @@ PREPROCESSINGS = ("log_sign", "scale_free")
 OUTPUTS = ("linear", "direction_magnitude", "momentum_mix")
 # Fields added after the first release: a config.json written before them may omit them and gets these values,
 # which are the behaviour it was trained with.
-ADDED_FIELDS = {"level_feature": False, "level_beta": 0.9}
+ADDED_FIELDS = {"level_feature": False, "level_beta": 0.9, "warmup_steps": 0}
 MOMENT_FLOOR = 1e-30  # added to a bias-corrected EMA of g^2 before its root: gradients below 1e-15 are not told apart
 MAX_HIDDEN_SIZE = 1024
 MAX_LAYERS = 8
@@ -71,6 +71,10 @@ class NetworkConfig:
       step vanishes with the gradients); ``rho^kappa`` lets the step shrink with the gradient as SGD's does
       (``kappa = 1`` is SGD with momentum, normalised by the gradient's peak size) down to any precision, while
       ``s`` spans ``output_scale * e^{+-B}`` of stride.
+    - ``warmup_steps`` (needs ``scale_free``, whose step count it reads): the update of a coordinate's ``t``-th
+      step is multiplied by ``min(1, t / warmup_steps)``; 0 for none. The scale-free rules take first steps of
+      about 0.015 per coordinate whatever the parameter's size, which throws a layer of smaller weights (a fan-in of
+      thousands) far off; the warm-up lets the gradient statistics form first (docs/results.md, "The first steps").
     """
 
     hidden_size: int = 20
@@ -87,6 +91,7 @@ class NetworkConfig:
     magnitude_bound: float = 7.0
     level_feature: bool = False
     level_beta: float = 0.9
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.betas, (list, tuple)):
@@ -113,6 +118,10 @@ class NetworkConfig:
                              f"mixes the gradient's momenta), found preprocessing {self.preprocessing!r}")
         if self.level_feature and self.preprocessing != "scale_free":
             raise ValueError("config field 'level_feature' needs preprocessing 'scale_free'")
+        if self.warmup_steps and self.preprocessing != "scale_free":
+            raise ValueError("config field 'warmup_steps' needs preprocessing 'scale_free' (its step count)")
+        if self.warmup_steps < 0:
+            raise ValueError(f"config field 'warmup_steps' must be >= 0, found {self.warmup_steps}")
         if not 0 <= self.level_beta < 1:
             raise ValueError(f"config field 'level_beta' must lie in [0, 1), found {self.level_beta!r}")
         if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas) or not self.betas \
@@ -351,7 +360,10 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
             c = f * c + i * (2 * g - 1)
             hidden = o * (2 * torch.sigmoid(2 * c) - 1)
             new_state[f"h{layer_index}"], new_state[f"c{layer_index}"] = hidden, c
-        return self._output(hidden, x, new_state), new_state
+        update = self._output(hidden, x, new_state)
+        if self.config.warmup_steps:
+            update = update * (new_state["t"] / self.config.warmup_steps).clamp(max=1.0)
+        return update, new_state
 
     def _output(self, hidden: Tensor, x: Tensor, state: State) -> Tensor:
         cfg = self.config
