@@ -88,6 +88,18 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path: Path, fl
     assert_same_result(tmp_path / "straight", tmp_path / "split")
 
 
+def test_a_checkpoint_from_before_a_config_field_existed_resumes(tmp_path: Path) -> None:
+    """A campaign's checkpoint written before a network config field was added (``warmup_steps``) resumes, with the
+    field at the value it was trained with, to the same result as a run that had the field all along."""
+    meta_train(tmp_path / "straight", "--iterations", "4")
+    meta_train(tmp_path / "split", "--iterations", "2")
+    checkpoint = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    del checkpoint["network_config"]["warmup_steps"]
+    torch.save(checkpoint, tmp_path / "split" / "checkpoint.pt")
+    meta_train(tmp_path / "split", "--iterations", "4", "--resume")
+    assert_same_result(tmp_path / "straight", tmp_path / "split")
+
+
 def check_intact(out: Path) -> int:
     """What a kill may leave: the checkpoint and the weights each complete (or not yet written); return the
     checkpoint's iteration."""

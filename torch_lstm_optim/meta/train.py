@@ -40,7 +40,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..hub import PushError, check_repo_id, push_to_hub
-from ..network import CoordinatewiseLSTM, NetworkConfig
+from ..network import ADDED_FIELDS, CoordinatewiseLSTM, NetworkConfig
 from ..weights import WEIGHTS_FILE, WeightsError, load_network
 from . import distributed
 from .outputs import OutputError, atomic_write, machine_description
@@ -317,7 +317,8 @@ def resume_from(path: Path, config: MetaTrainConfig, network: torch.nn.Module, m
                               "away to start over") from None
     now = {**{k: getattr(config, k) for k in RESUME_FIXED}, **network_config_of(network).to_dict()}
     defaults = asdict(MetaTrainConfig())  # for settings added after the checkpoint was written
-    then = {**{k: saved.get(k, defaults[k]) for k in RESUME_FIXED}, **saved_network}
+    # network config fields added after the checkpoint was written: the values it was trained with
+    then = {**{k: saved.get(k, defaults[k]) for k in RESUME_FIXED}, **ADDED_FIELDS, **saved_network}
     different = [f"{k} {then.get(k)!r} (now {value!r})" for k, value in now.items() if then.get(k) != value]
     if different:
         raise CheckpointError(f"{path}: was made with other settings: {', '.join(different)}; resume with the "
