@@ -344,7 +344,7 @@ def test_config_refuses_the_momentum_mix_without_its_features(config: dict) -> N
         NetworkConfig(**config)
 
 
-@pytest.mark.parametrize("output", ["direction_magnitude", "momentum_mix"])
+@pytest.mark.parametrize("output", ["linear", "direction_magnitude", "momentum_mix"])
 def test_warmup_scales_each_coordinates_first_updates(output: str) -> None:
     """With ``warmup_steps=4`` a coordinate's t-th update is ``min(1, t/4)`` times the rule's without it, counted
     per coordinate (one that joins later starts its own warm-up); the state is the same."""

@@ -360,15 +360,12 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
             c = f * c + i * (2 * g - 1)
             hidden = o * (2 * torch.sigmoid(2 * c) - 1)
             new_state[f"h{layer_index}"], new_state[f"c{layer_index}"] = hidden, c
-        update = self._output(hidden, x, new_state)
-        if self.config.warmup_steps:
-            update = update * (new_state["t"] / self.config.warmup_steps).clamp(max=1.0)
-        return update, new_state
+        return self._output(hidden, x, new_state), new_state
 
     def _output(self, hidden: Tensor, x: Tensor, state: State) -> Tensor:
         cfg = self.config
         if cfg.output == "linear":
-            return self.head(hidden).squeeze(1) * cfg.output_scale
+            return self._warmed_up(self.head(hidden).squeeze(1) * cfg.output_scale, state)
         out = self.head(torch.cat([hidden, x], 1))
         bound, k = cfg.magnitude_bound, cfg.num_directions
         if cfg.output == "direction_magnitude":
@@ -380,7 +377,13 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         s = s.clamp(-bound, bound)
         if cfg.output == "momentum_mix" and cfg.level_feature:  # rho^kappa, with log rho the last feature
             s = s + torch.sigmoid(out[:, k + 1]) * x[:, -1]
-        return direction * torch.exp(s) * cfg.output_scale
+        return self._warmed_up(direction * torch.exp(s) * cfg.output_scale, state)
+
+    def _warmed_up(self, update: Tensor, state: State) -> Tensor:
+        """``update * min(1, t / warmup_steps)``, ``t`` the coordinate's step count (``warmup_steps``)."""
+        if not self.config.warmup_steps:
+            return update
+        return update * (state["t"] / self.config.warmup_steps).clamp(max=1.0)
 
 
 def _corrected_root(ema: Tensor, t: Tensor, beta: float) -> Tensor:
