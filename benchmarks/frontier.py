@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-import step_cost
-from torch_lstm_optim.weights import load_network
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # step_cost beside this script, however it is started
+import step_cost  # noqa: E402
+from torch_lstm_optim.weights import load_network  # noqa: E402
 
 POINTS = [
-    ("MNIST specialist 2x20 (mnist-mlp)", "mnist-mlp", "results/generalization-mnist-mlp/results.json"),
     ("default 2x20 (generalist)", "generalist", "results/generalization/results.json"),
     ("second generation 2x20 (campaign, iteration 330)", "results/campaign-generalist-v2",
      "results/campaign-generalist-v2/suite-session-1-iteration-330.json"),
@@ -91,35 +91,47 @@ def print_table(report: dict[str, object]) -> None:
     for r in report["points"]:
         compiled = "" if r["cost_x_adam_compiled"] is None else f"{r['cost_x_adam_compiled']:.1f}"
         print(f"| {r['label']} | {r['form']} | {r['flops_per_coord']:,} | {r['cost_x_adam']:.1f} | {compiled} | "
-              f"{r['won']} of {r['pairs']} | {r['median_ratio']:.3g} | {r['worst_ratio']:.2g} | {r['diverged_in']} | "
+              f"{r['won']} of {r['pairs']} | {r['median_ratio']:.2f} | {r['worst_ratio']:.2g} | {r['diverged_in']} | "
               f"{r['untuned_beaten']} |")
 
 
 def plot(report: dict[str, object], path: Path) -> None:
-    """Two panels against the step's cost: pairs won, and the median ratio to the best tuned baseline (log)."""
+    """Two panels against the step's cost: pairs won, and the median ratio to the best tuned baseline (log). A
+    filled marker is the eager step, an open one the compiled step of the same weights."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
-    fig, (wins, median) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for r in report["points"]:
+    fig, (wins, median) = plt.subplots(1, 2, figsize=(10, 4.6))
+    costs = []
+    for index, r in enumerate(report["points"]):
+        color = f"C{index}"
         for axis, value in ((wins, r["won"]), (median, r["median_ratio"])):
-            axis.scatter(r["cost_x_adam"], value, s=40)
-            axis.annotate(r["label"], (r["cost_x_adam"], value), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            axis.plot(r["cost_x_adam"], value, "o", color=color, ms=8, label=r["label"] if axis is wins else None)
             if r["cost_x_adam_compiled"] is not None:
-                axis.plot([r["cost_x_adam"], r["cost_x_adam_compiled"]], [value, value], ":", color="grey", lw=1)
+                axis.plot(r["cost_x_adam_compiled"], value, "o", mfc="none", color=color, ms=8)
+                axis.plot([r["cost_x_adam_compiled"], r["cost_x_adam"]], [value, value], ":", color=color, lw=1)
+        costs += [c for c in (r["cost_x_adam"], r["cost_x_adam_compiled"]) if c is not None]
     for axis in (wins, median):
         axis.set_xscale("log")
-        axis.set_xlabel(f"step cost at {report['params']:,} parameters, x Adam (dotted: compiled)")
-        axis.grid(alpha=0.3)
-    wins.set_ylabel("suite pairs won against the best tuned baseline (of 28)")
+        axis.set_xlim(min(costs) / 1.5, max(costs) * 1.5)
+        axis.set_xlabel(f"step cost at {report['params']:,} parameters, x Adam")
+        axis.grid(alpha=0.3, which="both")
+        axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    wins.set_ylim(0, 28)
+    wins.set_ylabel("suite pairs won (of 28)")
     median.set_yscale("log")
     median.axhline(1.0, color="grey", lw=0.8)
-    median.set_ylabel("median ratio, learned / best tuned (lower is better)")
-    fig.suptitle(f"Cost-quality frontier ({report['machine']}, {report['threads']} thread, {report['date']})",
-                 fontsize=9)
-    fig.tight_layout()
+    median.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    median.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    median.set_ylabel("median ratio to the best tuned (lower is better)")
+    fig.legend(loc="lower center", ncol=len(report["points"]), fontsize=8, frameon=False)
+    fig.suptitle(f"Cost-quality frontier: filled eager, open compiled ({report['machine']}, {report['threads']} "
+                 f"thread, {report['date']})", fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     fig.savefig(path, dpi=120)
 
 

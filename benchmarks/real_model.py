@@ -136,12 +136,9 @@ def batches(args: argparse.Namespace, train: tuple[Tensor, Tensor] | None) -> It
 class Contender:
     """One optimizer with its own model and RNG state, and the timings of its steps."""
 
-    def __init__(self, name: str, model: nn.Module, weights: str | None, warmup: int = 0) -> None:
+    def __init__(self, name: str, model: nn.Module, weights: str | None) -> None:
         self.name, self.model = name, model
         self.optimizer = OPTIMIZERS[name](model.parameters(), weights)
-        # the learned rule's lr (a multiplier of its update) rises from 0.01 to 1 over the first ``warmup`` steps
-        self.schedule = torch.optim.lr_scheduler.LinearLR(self.optimizer, 0.01, 1.0, warmup) \
-            if warmup and name.startswith("lstm") else None
         self.rng = torch.random.get_rng_state()
         self.forward_backward: list[float] = []
         self.step: list[float] = []
@@ -163,8 +160,6 @@ class Contender:
         if before is not None:
             self.first_step = {name: float(_rms(p.detach() - old) / _rms(old))
                                for (name, p), old in zip(self.model.named_parameters(), before)}
-        if self.schedule is not None:
-            self.schedule.step()
         self.cpu.append(time.process_time() - cpu)
         self.forward_backward.append(middle - start)
         self.step.append(end - middle)
@@ -195,7 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     else:
         data = batches(args, None)
     torch.manual_seed(args.seed)  # every contender starts from the same RNG state (dropout)
-    contenders = [Contender(name, copy.deepcopy(reference), args.weights, args.warmup) for name in args.optimizers]
+    contenders = [Contender(name, copy.deepcopy(reference), args.weights) for name in args.optimizers]
     print(f"training {args.model} ({numel:,} parameters) for {args.steps} steps of batch {args.batch_size} with "
           f"{args.optimizers}, {torch.get_num_threads()} thread(s)", flush=True)
     started = time.perf_counter()
@@ -239,8 +234,7 @@ def _rms(t: Tensor) -> Tensor:
 def print_table(report: dict[str, object]) -> None:
     """A markdown table, ready for docs/performance.md."""
     print(f"\n{report['model']} ({report['params']:,} parameters), {report['steps']} steps of batch "
-          f"{report['batch_size']}{', fake data' if report['fake_data'] else ''}"
-          f"{f', learned lr warm-up over {w} steps' if (w := report['warmup']) else ''}; {report['machine']}; "
+          f"{report['batch_size']}{', fake data' if report['fake_data'] else ''}; {report['machine']}; "
           f"{report['threads']} thread(s); {report['date']}; {report['wall_s']:.0f} s in all\n")
     scored = report["test_size"] is not None
     print("| optimizer | ms/step | fwd+bwd ms | optimizer.step ms | median optimizer.step ms | optimizer share "
@@ -274,9 +268,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "resnet18")
     parser.add_argument("--optimizers", default="lstm,adam,adadelta",
                         help=f"comma-separated contenders, of {list(OPTIMIZERS)}")
-    parser.add_argument("--warmup", type=int, default=0,
-                        help="learning-rate warm-up of the learned optimizer: torch's LinearLR from 0.01 to 1 over this "
-                             "many steps (0: none, the rule as meta-trained)")
     parser.add_argument("--weights", help="LSTMOptimizer's weights (bundled name, folder or hub id; default: the "
                         "default weights)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data",
@@ -310,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     report: dict[str, object] = {
         "command": command, "machine": machine_description(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "date": datetime.date.today().isoformat(), "steps": args.steps,
-        "batch_size": args.batch_size, "fake_data": args.fake_data, "seed": args.seed, "warmup": args.warmup,
+        "batch_size": args.batch_size, "fake_data": args.fake_data, "seed": args.seed,
         "load_average_before": os.getloadavg()[0]}
     report.update(run(args))
     report["load_average_after"] = os.getloadavg()[0]
