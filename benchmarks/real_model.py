@@ -136,10 +136,10 @@ def batches(args: argparse.Namespace, train: tuple[Tensor, Tensor] | None) -> It
 class Contender:
     """One optimizer with its own model and RNG state, and the timings of its steps."""
 
-    def __init__(self, name: str, model: nn.Module, weights: str | None) -> None:
+    def __init__(self, name: str, model: nn.Module, weights: str | None, rng: Tensor) -> None:
         self.name, self.model = name, model
         self.optimizer = OPTIMIZERS[name](model.parameters(), weights)
-        self.rng = torch.random.get_rng_state()
+        self.rng = rng.clone()  # taken before any optimizer was built: building a network draws from the RNG
         self.forward_backward: list[float] = []
         self.step: list[float] = []
         self.cpu: list[float] = []
@@ -190,7 +190,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     else:
         data = batches(args, None)
     torch.manual_seed(args.seed)  # every contender starts from the same RNG state (dropout)
-    contenders = [Contender(name, copy.deepcopy(reference), args.weights) for name in args.optimizers]
+    rng = torch.random.get_rng_state()
+    contenders = [Contender(name, copy.deepcopy(reference), args.weights, rng) for name in args.optimizers]
     print(f"training {args.model} ({numel:,} parameters) for {args.steps} steps of batch {args.batch_size} with "
           f"{args.optimizers}, {torch.get_num_threads()} thread(s)", flush=True)
     started = time.perf_counter()

@@ -109,7 +109,11 @@ def test_real_model_contenders_see_the_same_data_and_dropout() -> None:
     args = real_model.parse_args(["--fake-data", "--steps", "3", "--optimizers", "adam", "--test-size", "1"])
     torch.manual_seed(0)
     model = real_model.build_model("mnist-cnn")
-    twins = [real_model.Contender("adam", copy.deepcopy(model), None) for _ in range(2)]
+    rng = torch.random.get_rng_state()
+    twins = [real_model.Contender("adam", copy.deepcopy(model), None, rng)]
+    # a learned optimizer built between them draws from the RNG (its network's init): the twin's dropout is unchanged
+    real_model.Contender("lstm", copy.deepcopy(model), "generalist-small", rng)
+    twins.append(real_model.Contender("adam", copy.deepcopy(model), None, rng))
     images, labels, _, _ = real_model.mnist_tensors(args)
     for x, y in real_model.batches(args, (images, labels)):
         for twin in reversed(twins):  # interleaved, as in the benchmark
