@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
         save_checkpoint(args.checkpoint, model, optimizer, done)
         if rank == 0:
             print(f"saved {args.checkpoint} at step {done}")
+    dist.barrier()  # tear down together: gloo can abort a process whose peer has already gone
     dist.destroy_process_group()
     return losses
 

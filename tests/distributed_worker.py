@@ -83,6 +83,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     results = {mode: run(mode, weights, out / f"checkpoint_{mode}") for mode in ("ddp", "fsdp")}
     torch.save(results, out / f"rank{dist.get_rank()}.pt")
+    dist.barrier()  # tear down together (see torch_lstm_optim.meta.distributed.process_group)
     dist.destroy_process_group()
 
 

@@ -49,6 +49,9 @@ def process_group() -> Iterator[None]:
     dist.init_process_group("gloo")
     try:
         yield
+        # All processes tear down together: a process whose peer had already destroyed its group was seen to abort
+        # in gloo's teardown ("terminate called without an active exception") after finishing its work.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
