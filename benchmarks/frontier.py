@@ -67,9 +67,8 @@ def measure(points: list[tuple[str, str, Path]], args: argparse.Namespace) -> di
         configs[label] = config
         rows.append({"label": label, "weights": weights, "results": str(results_path), "form": form(config),
                      "flops_per_coord": step_cost.flops_per_coordinate(config), **quality(results_path)})
-    step_cost.CONFIGS.update(configs)  # step_cost times the configs it knows by name
     kinds = ["adam", *configs, *(f"{label}+compile" for label in configs if args.compile)]
-    timing = step_cost.measure_size(args.size, kinds, args, torch.device("cpu"))
+    timing = step_cost.measure_size(args.size, kinds, args, torch.device("cpu"), configs)
     ratio = {row["optimizer"]: row["ratio_to_adam"] for row in timing["results"]}
     for row in rows:
         row["cost_x_adam"] = ratio[row["label"]]

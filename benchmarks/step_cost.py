@@ -52,7 +52,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,13 +147,15 @@ def make_model(size: int, device: torch.device) -> nn.Module:
     return model
 
 
-def make_optimizer(kind: str, model: nn.Module, chunk_size: int | None) -> torch.optim.Optimizer:
-    """``"adam"``, or ``"<config>"`` / ``"<config>+compile"`` for an LSTMOptimizer with a random-weight network."""
+def make_optimizer(kind: str, model: nn.Module, chunk_size: int | None,
+                   configs: Mapping[str, NetworkConfig] = CONFIGS) -> torch.optim.Optimizer:
+    """``"adam"``, or ``"<config>"`` / ``"<config>+compile"`` (a name of ``configs``) for an LSTMOptimizer with a
+    random-weight network."""
     if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     name, _, compiled = kind.partition("+")
     torch.manual_seed(0)
-    network = CoordinatewiseLSTM(CONFIGS[name]).to(next(model.parameters()).device)
+    network = CoordinatewiseLSTM(configs[name]).to(next(model.parameters()).device)
     return LSTMOptimizer(model.parameters(), network, chunk_size=chunk_size, compile=compiled == "compile")
 
 
@@ -220,15 +222,17 @@ def ceiling_probes(rows: int, hidden: int, device: torch.device,
     }
 
 
-def measure_size(size: int, kinds: list[str], args: argparse.Namespace, device: torch.device) -> dict[str, object]:
-    """Warm up every contender, then time them and the ceilings in interleaved rounds; medians."""
+def measure_size(size: int, kinds: list[str], args: argparse.Namespace, device: torch.device,
+                 configs: Mapping[str, NetworkConfig] = CONFIGS) -> dict[str, object]:
+    """Warm up every contender (``kinds``: ``"adam"`` and names of ``configs``, optionally ``+compile``), then time
+    them and the ceilings in interleaved rounds; medians."""
     models = {kind: make_model(size, device) for kind in kinds}
     numel = sum(p.numel() for p in models[kinds[0]].parameters())
     for model in models.values():  # the same parameters and gradients for everyone
         for p, q in zip(model.parameters(), models[kinds[0]].parameters()):
             p.data.copy_(q.data)
             p.grad.copy_(q.grad)
-    optimizers = {kind: make_optimizer(kind, models[kind], args.chunk_size) for kind in kinds}
+    optimizers = {kind: make_optimizer(kind, models[kind], args.chunk_size, configs) for kind in kinds}
     rows = min(args.chunk_size or default_chunk_size(device), numel)  # the probes' shape: the paper's chunk
     clock = CLOCKS[args.clock]
     probes = ceiling_probes(rows, CONFIGS["paper"].hidden_size, device, clock)
@@ -273,7 +277,7 @@ def measure_size(size: int, kinds: list[str], args: argparse.Namespace, device: 
         if kind == "adam":
             moved = ADAM_BYTES_PER_COORDINATE
         else:
-            config = CONFIGS[kind.partition("+")[0]]
+            config = configs[kind.partition("+")[0]]
             moved = bytes_per_coordinate(config)
             flops = flops_per_coordinate(config)
             sigmoids, tanhs = transcendentals_per_coordinate(config)

@@ -46,8 +46,8 @@ class _Segment:
     lr: float | Tensor
 
 
-# The attributes of LSTMOptimizer that copies and pickles keep besides torch's (see __getstate__).
 CPU_CHUNK_BYTES = 1 << 20  # one chunk's LSTM gates on CPU (default_chunk_size)
+# The attributes of LSTMOptimizer that copies and pickles keep besides torch's (see __getstate__).
 _PICKLED = ("chunk_size", "state_dtype", "nonfinite", "nonfinite_count", "compile", "_default_weights",
             "_default_revision", "_default", "_loaded", "_group_networks")
 
