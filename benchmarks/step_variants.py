@@ -88,10 +88,10 @@ VARIANTS: dict[str, Cell | None] = {"network": None, "in-place": in_place_cell, 
                                     "fewer-temporaries": fewer_temporaries_cell}
 
 
-def rule_with(network: CoordinatewiseLSTM, cell: Cell) -> Callable[[Tensor, State], tuple[Tensor, State]]:
+def rule_with(network: CoordinatewiseLSTM, cell: Cell) -> Callable[..., tuple[Tensor, State]]:
     """The network's rule with its LSTM layers computed by ``cell``."""
-    def step(grad: Tensor, state: State) -> tuple[Tensor, State]:
-        x, new_state = network.features(grad, state)
+    def step(grad: Tensor, state: State, param_rms: Tensor | None = None) -> tuple[Tensor, State]:
+        x, new_state = network.features(grad, state, param_rms)
         hidden = x
         for index, layer in enumerate(network.layers):
             hidden, c = cell(layer, network.gate_scale, hidden, state[f"h{index}"], state[f"c{index}"],

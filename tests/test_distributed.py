@@ -46,8 +46,9 @@ def torchrun(*args: str) -> str:
 def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The worker's output folder: ``rank0.pt``, ``rank1.pt``, the weights it used and its checkpoints."""
     out = tmp_path_factory.mktemp("distributed")
-    # scale_free carries both kinds of state: (N, H) LSTM states and (N,) feature accumulators.
-    make_network(preprocessing="scale_free").save_pretrained(out / "weights")
+    # scale_free carries both kinds of state: (N, H) LSTM states and (N,) feature accumulators; the parameter's
+    # scale must be the whole tensor's, not a shard's, for FSDP to step as one process does.
+    make_network(preprocessing="scale_free", param_scale_feature=True).save_pretrained(out / "weights")
     torchrun("tests/distributed_worker.py", str(out / "weights"), str(out))
     return out
 

@@ -43,14 +43,30 @@ def test_unroll_without_grad_equals_the_optimizer(config: dict) -> None:
         torch.testing.assert_close(params["theta"], run.params[index]["theta"].detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_unroll_without_grad_equals_the_optimizer_with_the_parameter_scale() -> None:
+    """With ``param_scale_feature`` both callers feed each coordinate its own tensor's rms (a weight and a bias of
+    different sizes here, both problems in one batch): same trajectory."""
+    network = make_network(preprocessing="scale_free", output="momentum_mix", level_feature=True,
+                           param_scale_feature=True)
+    torch.nn.init.normal_(network.head.weight, std=0.3)  # so that the step reads the feature
+    task = make_task("linear-model", inputs=5, classes=3)
+    problems = [task.sample(seed) for seed in (0, 1)]
+    run = Unroll.start(problems)
+    with torch.no_grad():
+        losses = advance(network, run, 8)
+    for index, problem in enumerate(problems):
+        result = run_optimizer(problem, lambda p: LSTMOptimizer(p, weights=network, chunk_size=7), 8)
+        torch.testing.assert_close(torch.tensor(result.curve[1:]), losses[:, index], rtol=1e-5, atol=1e-6)
+
+
 def test_meta_gradient_reaches_every_weight_without_second_derivatives() -> None:
     """The paper's network gets a meta-gradient in every weight; the optimizee's gradients carry no graph."""
     network = make_network()
     seen = []
 
-    def rule(grad: torch.Tensor, state: dict) -> tuple:
+    def rule(grad: torch.Tensor, state: dict, param_rms: torch.Tensor | None) -> tuple:
         seen.append(grad.requires_grad)
-        return network.step(grad, state)
+        return network.step(grad, state, param_rms)
 
     run = Unroll.start([make_task("quadratic", dim=5).sample(0)])
     losses = advance(network, run, 5, rule=rule)

@@ -87,7 +87,7 @@ def test_groups_sharing_a_network_are_batched_together_with_their_own_settings(
                                {"params": second, "lr": 2.0, "maximize": True}], weights=conv_net)
     calls = []
     step = conv_net.step
-    monkeypatch.setattr(conv_net, "step", lambda g, s: calls.append(g.numel()) or step(g, s))
+    monkeypatch.setattr(conv_net, "step", lambda g, s, rms: calls.append(g.numel()) or step(g, s, rms))
     refs = [LSTMOptimizer(make_params(CONV_SHAPES, 0), conv_net, lr=0.3, weight_decay=0.1),
             LSTMOptimizer(make_params(OTHER_SHAPES, 1), conv_net, lr=2.0, maximize=True)]
     ref_params = [p for ref in refs for p in ref.param_groups[0]["params"]]

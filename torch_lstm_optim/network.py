@@ -30,7 +30,8 @@ PREPROCESSINGS = ("log_sign", "scale_free")
 OUTPUTS = ("linear", "direction_magnitude", "momentum_mix")
 # Fields added after the first release: a config.json written before them may omit them and gets these values,
 # which are the behaviour it was trained with.
-ADDED_FIELDS = {"level_feature": False, "level_beta": 0.9, "warmup_steps": 0}
+ADDED_FIELDS = {"level_feature": False, "level_beta": 0.9, "warmup_steps": 0, "param_scale_feature": False}
+PARAM_RMS_FLOOR = 1e-3  # Adafactor's eps2: a parameter tensor counts as at least this large (zero-initialised biases)
 MOMENT_FLOOR = 1e-30  # added to a bias-corrected EMA of g^2 before its root: gradients below 1e-15 are not told apart
 MAX_HIDDEN_SIZE = 1024
 MAX_LAYERS = 8
@@ -54,6 +55,12 @@ class NetworkConfig:
       ``level_feature`` adds ``log rho``, where ``rho = r_t / max_{s<=t} r_s`` and ``r`` is the root of a faster
       bias-corrected EMA of ``g^2`` (decay ``level_beta``): how far the gradient has fallen below its largest size,
       a scale-free measure of progress (0 at the start, -23 once the gradient is 1e-10 of its peak).
+      ``param_scale_feature`` adds ``log max(rms(theta), 1e-3)``, the root-mean-square of the coordinate's whole
+      parameter tensor (floored as Adafactor's relative step is): the gradient features say nothing of the
+      parameter's own size, so without it a layer of weights of rms 0.006 (a fan-in of 9216) and a quadratic's
+      coordinates of rms 1 get the same step (docs/results.md, "The first steps"). The head can then scale the
+      step with the parameter (weight 1 on it is Adafactor's relative step; 0, where it starts, ignores it).
+      The caller passes the rms per coordinate (``step(grad, state, param_rms)``).
     - ``output``: ``"linear"`` is the paper's ``head(h) * output_scale``. The default scale 0.1 is the one of the
       paper's released code: with ``|h| < 1`` a freshly initialised network moves each coordinate by at most a
       few tenths, so early meta-training neither stalls nor blows up.
@@ -92,6 +99,7 @@ class NetworkConfig:
     level_feature: bool = False
     level_beta: float = 0.9
     warmup_steps: int = 0
+    param_scale_feature: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.betas, (list, tuple)):
@@ -118,6 +126,8 @@ class NetworkConfig:
                              f"mixes the gradient's momenta), found preprocessing {self.preprocessing!r}")
         if self.level_feature and self.preprocessing != "scale_free":
             raise ValueError("config field 'level_feature' needs preprocessing 'scale_free'")
+        if self.param_scale_feature and self.preprocessing != "scale_free":
+            raise ValueError("config field 'param_scale_feature' needs preprocessing 'scale_free'")
         if self.warmup_steps and self.preprocessing != "scale_free":
             raise ValueError("config field 'warmup_steps' needs preprocessing 'scale_free' (its step count)")
         if self.warmup_steps < 0:
@@ -146,7 +156,7 @@ class NetworkConfig:
             return ["log", "sign"]
         names = ["g"] + [f"m{beta}" for beta in self.betas]
         return names + ["log_rms"] * self.log_rms_feature + ["log_t"] * self.log_step_feature \
-            + ["level"] * self.level_feature
+            + ["level"] * self.level_feature + ["log_param_rms"] * self.param_scale_feature
 
     @property
     def num_directions(self) -> int:
@@ -310,8 +320,11 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         return {name: grad.new_zeros((n, h) if name[0] in "hc" else (n,), dtype=state_dtype(name, dtype))
                 for name in state_names(self.config)}
 
-    def features(self, grad: Tensor, state: State) -> tuple[Tensor, State]:
-        """Input features ``(N, F)`` of a flat gradient, and the updated feature accumulators (if any)."""
+    def features(self, grad: Tensor, state: State, param_rms: Tensor | None = None) -> tuple[Tensor, State]:
+        """Input features ``(N, F)`` of a flat gradient, and the updated feature accumulators (if any).
+
+        ``param_rms`` ``(N,)``: the rms of each coordinate's parameter tensor, needed by ``param_scale_feature``.
+        """
         cfg = self.config
         if cfg.preprocessing == "log_sign":
             magnitude = grad.abs()
@@ -332,19 +345,27 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
             level = _corrected_root(acc["u"], t, cfg.level_beta)
             acc["r"] = torch.maximum(state["r"], level)
             extras.append(level.log() - acc["r"].log())
+        if cfg.param_scale_feature:
+            if param_rms is None:
+                raise ValueError("this network has param_scale_feature: pass the rms of each coordinate's parameter "
+                                 "tensor (step(grad, state, param_rms))")
+            extras.append(param_rms.to(g.dtype).clamp_min(PARAM_RMS_FLOOR).log())
         if extras:
             x = torch.cat([x, torch.stack(extras, 1)], 1)
         return x, acc
 
-    def step(self, grad: Tensor, state: State) -> tuple[Tensor, State]:
+    def step(self, grad: Tensor, state: State, param_rms: Tensor | None = None) -> tuple[Tensor, State]:
         """The update rule: ``update, new_state = net.step(grad, state)`` for a 1-D batch of N coordinates.
+
+        ``param_rms`` ``(N,)`` is the rms of each coordinate's parameter tensor (:func:`param_rms`), read only by
+        a network with ``param_scale_feature`` (callers pass it when the config asks for it).
 
         Pure: returns new tensors and never writes into ``state``, so it runs under autograd (meta-training)
         and under ``torch.no_grad`` (the optimizer, which copies ``new_state`` back into its buffers).
         """
         dtype = self.layers[0].weight.dtype
         state = {k: v.to(dtype) for k, v in state.items()}
-        x, new_state = self.features(grad.to(dtype), state)
+        x, new_state = self.features(grad.to(dtype), state, param_rms)
         hidden = x
         hs = self.config.hidden_size
         for layer_index, layer in enumerate(self.layers):
@@ -375,8 +396,8 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         else:
             direction, s = (out[:, :k] * x[:, :k]).sum(1), out[:, k]
         s = s.clamp(-bound, bound)
-        if cfg.output == "momentum_mix" and cfg.level_feature:  # rho^kappa, with log rho the last feature
-            s = s + torch.sigmoid(out[:, k + 1]) * x[:, -1]
+        if cfg.output == "momentum_mix" and cfg.level_feature:  # rho^kappa
+            s = s + torch.sigmoid(out[:, k + 1]) * x[:, cfg.feature_names.index("level")]
         return self._warmed_up(direction * torch.exp(s) * cfg.output_scale, state)
 
     def _warmed_up(self, update: Tensor, state: State) -> Tensor:
@@ -384,6 +405,12 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         if not self.config.warmup_steps:
             return update
         return update * (state["t"] / self.config.warmup_steps).clamp(max=1.0)
+
+
+def param_rms(param: Tensor) -> Tensor:
+    """The root-mean-square of a parameter tensor (0-dim, float32, no graph): the scale ``param_scale_feature``
+    reads, taken before the update."""
+    return param.detach().float().square().mean().sqrt()
 
 
 def _corrected_root(ema: Tensor, t: Tensor, beta: float) -> Tensor:

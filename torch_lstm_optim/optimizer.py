@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from .network import CoordinatewiseLSTM, NetworkConfig, State, state_dtype, state_names
+from .network import CoordinatewiseLSTM, NetworkConfig, State, param_rms, state_dtype, state_names
 from .weights import StateDictError, WeightsError, load_network
 
 
@@ -44,6 +44,7 @@ class _Segment:
     start: int
     stop: int
     lr: float | Tensor
+    scale: Tensor | None  # the parameter's rms, for a network with param_scale_feature
 
 
 CPU_CHUNK_BYTES = 1 << 20  # one chunk's LSTM gates on CPU (default_chunk_size)
@@ -116,7 +117,7 @@ class LSTMOptimizer(Optimizer):
         # entries go into ``state_dict()``; a network is no state-dict value).
         self._group_networks: list[CoordinatewiseLSTM] = []
         self._networks: dict[tuple[int, torch.device], CoordinatewiseLSTM] = {}
-        self._rules: dict[tuple[int, torch.device], Callable[[Tensor, State], tuple[Tensor, State]]] = {}
+        self._rules: dict[tuple[int, torch.device], Callable[..., tuple[Tensor, State]]] = {}
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, maximize=maximize))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -180,7 +181,7 @@ class LSTMOptimizer(Optimizer):
         return self._networks[key]
 
     def _rule_on(self, network: CoordinatewiseLSTM,
-                 device: torch.device) -> Callable[[Tensor, State], tuple[Tensor, State]]:
+                 device: torch.device) -> Callable[..., tuple[Tensor, State]]:
         """The update rule for coordinates on ``device``: the network's ``step``, compiled once if ``compile``."""
         key = (id(network), device)
         if key not in self._rules:
@@ -254,14 +255,14 @@ class LSTMOptimizer(Optimizer):
             if not local.is_contiguous():
                 copies.append((local, flat))
             segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel(),
-                                     _lr_on(group["lr"], device)))
+                                     _lr_on(group["lr"], device), _scale_of(p, network.config)))
         for chunk in _chunks(segments, self.chunk_size or default_chunk_size(device, network.config)):
             self._apply_chunk(chunk, network, rule)
         for local, flat in copies:
             local.copy_(flat.view_as(local))
 
     def _apply_chunk(self, chunk: list[_Segment], network: CoordinatewiseLSTM,
-                     rule: Callable[[Tensor, State], tuple[Tensor, State]]) -> None:
+                     rule: Callable[..., tuple[Tensor, State]]) -> None:
         names = state_names(network.config)
         grad = _cat([s.grad[s.start:s.stop] for s in chunk])
         state = {k: _cat([s.state[k][s.start:s.stop] for s in chunk]) for k in names}
@@ -269,7 +270,8 @@ class LSTMOptimizer(Optimizer):
         all_finite = bool(finite.all())
         if not all_finite:
             grad = torch.where(finite, grad, 0.0)
-        update, new_state = rule(grad, state)
+        scale = None if chunk[0].scale is None else _cat([s.scale.expand(s.stop - s.start) for s in chunk])
+        update, new_state = rule(grad, state, scale)
         if not all_finite:
             self._count_nonfinite(int((~finite).sum()))
             update = torch.where(finite, update, 0.0)
@@ -441,13 +443,22 @@ def _chunks(segments: list[_Segment], size: int) -> Iterable[list[_Segment]]:
         start = 0
         while start < segment.stop:
             take = min(size - filled, segment.stop - start)
-            chunk.append(_Segment(segment.flat_param, segment.grad, segment.state, start, start + take, segment.lr))
+            chunk.append(_Segment(segment.flat_param, segment.grad, segment.state, start, start + take, segment.lr,
+                                  segment.scale))
             start, filled = start + take, filled + take
             if filled == size:
                 yield chunk
                 chunk, filled = [], 0
     if chunk:
         yield chunk
+
+
+def _scale_of(param: Tensor, config: NetworkConfig) -> Tensor | None:
+    """The rms of the whole parameter (every shard of a DTensor) before its update, if the rule reads it."""
+    if not config.param_scale_feature:
+        return None
+    rms = param_rms(_real(param) if not isinstance(param, DTensor) else param)
+    return rms.full_tensor() if isinstance(rms, DTensor) else rms
 
 
 def _lr_on(lr: float | Tensor, device: torch.device) -> float | Tensor:

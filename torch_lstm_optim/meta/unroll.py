@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..network import CoordinatewiseLSTM, State
+from ..network import CoordinatewiseLSTM, State, param_rms
 from .tasks import Params, Problem, TaskError
 
 
@@ -52,7 +52,7 @@ class Unroll:
             return torch.stack([pb.final_loss(p) for pb, p in zip(self.problems, self.params)])
 
 
-Rule = Callable[[Tensor, State], tuple[Tensor, State]]
+Rule = Callable[[Tensor, State, Tensor | None], tuple[Tensor, State]]
 Networks = CoordinatewiseLSTM | Mapping[str, CoordinatewiseLSTM]
 SINGLE = "all"  # the class of every parameter when one network serves them all
 
@@ -111,7 +111,9 @@ def advance(network: Networks, run: Unroll, steps: int, lr: float = 1.0,
             grad = torch.cat([grads[j].reshape(-1) for j in members[label]])
             if label not in state:
                 state[label] = net.init_state(grad)
-            update, state[label] = rules[label](grad, state[label])
+            scale = torch.cat([param_rms(flat[j]).expand(flat[j].numel()) for j in members[label]]) \
+                if net.config.param_scale_feature else None
+            update, state[label] = rules[label](grad, state[label], scale)
             for j, piece in zip(members[label], update.split([flat[j].numel() for j in members[label]])):
                 updates[j] = piece.view_as(flat[j])
         run.state = state
