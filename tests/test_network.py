@@ -218,6 +218,7 @@ def test_direction_magnitude_output_starts_as_a_descent_direction() -> None:
     ("p", 0.0), ("p", float("nan")), ("output_scale", float("inf")), ("output_scale", -1.0),
     ("betas", (1.0,)), ("betas", ()), ("beta_v", -0.1), ("feature_clip", "10"),
     ("warmup_steps", 20), ("warmup_steps", 2.5), ("param_scale_feature", True), ("param_scale_feature", 1),
+    ("param_rms_floor", 0.0),
 ])
 def test_config_refuses_bad_fields(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -332,7 +333,9 @@ def test_kappa_one_shrinks_the_step_with_the_gradient() -> None:
 def test_configs_without_the_added_fields_load_as_before() -> None:
     data = NetworkConfig().to_dict()
     del data["level_feature"], data["level_beta"], data["warmup_steps"], data["param_scale_feature"]
-    assert NetworkConfig.from_dict(data) == NetworkConfig()
+    del data["param_rms_floor"]
+    # the floor only matters with param_scale_feature; the first such networks were trained with 1e-3
+    assert NetworkConfig.from_dict(data) == NetworkConfig(param_rms_floor=1e-3)
     with pytest.raises(ValueError, match="missing fields \\['hidden_size'\\]"):
         NetworkConfig.from_dict({k: v for k, v in NetworkConfig().to_dict().items() if k != "hidden_size"})
 
@@ -368,18 +371,21 @@ def test_warmup_scales_each_coordinates_first_updates(output: str) -> None:
 
 
 def test_param_scale_feature_is_the_floored_log_rms_and_is_required() -> None:
-    """The feature is ``log max(rms, 1e-3)`` of each coordinate's tensor, placed before the level (which the head
+    """The feature is ``log max(rms, floor)`` of each coordinate's tensor, placed after the level (which the head
     finds by name); the step refuses to run without it, and with it two coordinates of equal gradients but tensors
-    of other sizes get other steps."""
+    of other sizes get other steps. A config written before the floor was a field keeps the 1e-3 it was trained
+    with."""
     config = dict(preprocessing="scale_free", output="momentum_mix", level_feature=True)
     network = CoordinatewiseLSTM(NetworkConfig(**config, param_scale_feature=True))
     assert network.config.feature_names[-2:] == ["level", "log_param_rms"]
     grad, rms = torch.ones(3), torch.tensor([0.0, 1e-2, 4.0])
     x, _ = network.features(grad, network.init_state(grad), rms)
-    torch.testing.assert_close(x[:, -1], torch.tensor([1e-3, 1e-2, 4.0]).log())
+    torch.testing.assert_close(x[:, -1], torch.tensor([1e-2, 1e-2, 4.0]).log())
+    old = {k: v for k, v in network.config.to_dict().items() if k != "param_rms_floor"}
+    assert NetworkConfig.from_dict(old).param_rms_floor == 1e-3
     with pytest.raises(ValueError, match="param_rms"):
         network.step(grad, network.init_state(grad))
     with torch.no_grad():
         network.head.weight[network.config.num_directions, -1] = 1.0  # the log step size follows the scale
         update, _ = network.step(grad, network.init_state(grad), rms)
-    torch.testing.assert_close(update / update[1], torch.tensor([0.1, 1.0, 400.0]))
+    torch.testing.assert_close(update / update[1], torch.tensor([1.0, 1.0, 400.0]))

@@ -235,3 +235,27 @@ def test_mixture_draws_the_near_zero_families_only_when_asked(mnist_dir: Path) -
     for seed in range(6):
         problem = task.sample(seed)
         assert math.isfinite(float(problem.loss(problem.params, 0)))
+
+
+def test_mixture_zero_bias_and_wide_options_change_only_what_they_say() -> None:
+    """``zero_bias`` zeroes the biases of the problems it picks, ``wide`` swaps in student MLPs with one wide hidden
+    layer, each drawn from its own generator: at 0 every problem is the one drawn without the options."""
+    families = "teacher,linear,quadratic"
+    plain = make_task("mixture", families=families)
+    assert [make_task("mixture", families=families, zero_bias=0.0, wide=0.0).describe(s) for s in range(12)] \
+        == [plain.describe(s) for s in range(12)]
+    zero = make_task("mixture", families=families, zero_bias=1.0)
+    for seed in range(6):
+        before, after = plain.sample(seed).params, zero.sample(seed).params
+        assert before.keys() == after.keys()
+        for name in before:
+            expected = torch.zeros_like(before[name]) if name.endswith("bias") else before[name]
+            assert torch.equal(after[name], expected), name
+    wide = make_task("mixture", families=families, wide=1.0)
+    for seed in range(3):
+        problem = wide.sample(seed)
+        hidden = [v.shape[0] for k, v in problem.params.items() if k == "0.weight"]
+        assert "Teacher" in wide.describe(seed) and 256 <= hidden[0] <= 1024
+        assert math.isfinite(float(problem.loss(problem.params, 0)))
+    with pytest.raises(TaskError, match="zero_bias"):
+        make_task("mixture", zero_bias=1.5)

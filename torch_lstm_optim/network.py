@@ -30,8 +30,9 @@ PREPROCESSINGS = ("log_sign", "scale_free")
 OUTPUTS = ("linear", "direction_magnitude", "momentum_mix")
 # Fields added after the first release: a config.json written before them may omit them and gets these values,
 # which are the behaviour it was trained with.
-ADDED_FIELDS = {"level_feature": False, "level_beta": 0.9, "warmup_steps": 0, "param_scale_feature": False}
-PARAM_RMS_FLOOR = 1e-3  # Adafactor's eps2: a parameter tensor counts as at least this large (zero-initialised biases)
+# (param_rms_floor: the first networks with param_scale_feature were trained with Adafactor's 1e-3.)
+ADDED_FIELDS = {"level_feature": False, "level_beta": 0.9, "warmup_steps": 0, "param_scale_feature": False,
+                "param_rms_floor": 1e-3}
 MOMENT_FLOOR = 1e-30  # added to a bias-corrected EMA of g^2 before its root: gradients below 1e-15 are not told apart
 MAX_HIDDEN_SIZE = 1024
 MAX_LAYERS = 8
@@ -55,12 +56,15 @@ class NetworkConfig:
       ``level_feature`` adds ``log rho``, where ``rho = r_t / max_{s<=t} r_s`` and ``r`` is the root of a faster
       bias-corrected EMA of ``g^2`` (decay ``level_beta``): how far the gradient has fallen below its largest size,
       a scale-free measure of progress (0 at the start, -23 once the gradient is 1e-10 of its peak).
-      ``param_scale_feature`` adds ``log max(rms(theta), 1e-3)``, the root-mean-square of the coordinate's whole
-      parameter tensor (floored as Adafactor's relative step is): the gradient features say nothing of the
+      ``param_scale_feature`` adds ``log max(rms(theta), param_rms_floor)``, the root-mean-square of the coordinate's
+      whole parameter tensor, floored as Adafactor's relative step is: the gradient features say nothing of the
       parameter's own size, so without it a layer of weights of rms 0.006 (a fan-in of 9216) and a quadratic's
       coordinates of rms 1 get the same step (docs/results.md, "The first steps"). The head can then scale the
       step with the parameter (weight 1 on it is Adafactor's relative step; 0, where it starts, ignores it).
-      The caller passes the rms per coordinate (``step(grad, state, param_rms)``).
+      The caller passes the rms per coordinate (``step(grad, state, param_rms)``). The floor, 0.01, lies just below
+      the smallest tensors of the training mixture (a fan-in of 784 gives 0.02): zero-initialised biases at
+      Adafactor's 1e-3 were so far outside it that a rule trained without them collapsed on an attention block
+      (docs/meta-training.md, "The third generation").
     - ``output``: ``"linear"`` is the paper's ``head(h) * output_scale``. The default scale 0.1 is the one of the
       paper's released code: with ``|h| < 1`` a freshly initialised network moves each coordinate by at most a
       few tenths, so early meta-training neither stalls nor blows up.
@@ -100,6 +104,7 @@ class NetworkConfig:
     level_beta: float = 0.9
     warmup_steps: int = 0
     param_scale_feature: bool = False
+    param_rms_floor: float = 1e-2
 
     def __post_init__(self) -> None:
         if not isinstance(self.betas, (list, tuple)):
@@ -138,7 +143,7 @@ class NetworkConfig:
                 or not 0 < self.beta_v < 1:
             raise ValueError(f"config fields 'betas' must lie in [0, 1) and 'beta_v' in (0, 1), "
                              f"found {self.betas}, {self.beta_v}")
-        for name in ("p", "feature_clip", "output_scale", "magnitude_bound"):
+        for name in ("p", "feature_clip", "output_scale", "magnitude_bound", "param_rms_floor"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"config field {name!r} must be finite and > 0, found {value!r}")
@@ -349,7 +354,7 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
             if param_rms is None:
                 raise ValueError("this network has param_scale_feature: pass the rms of each coordinate's parameter "
                                  "tensor (step(grad, state, param_rms))")
-            extras.append(param_rms.to(g.dtype).clamp_min(PARAM_RMS_FLOOR).log())
+            extras.append(param_rms.to(g.dtype).clamp_min(cfg.param_rms_floor).log())
         if extras:
             x = torch.cat([x, torch.stack(extras, 1)], 1)
         return x, acc

@@ -13,6 +13,13 @@ zero, a regime the MNIST families never reach. Sizes are drawn log-uniformly; a 
 ``max_params`` parameters (or a conv net that pools its images away) is drawn again (the meta-trainer's cost grows
 with the coordinates, and 2 CPU cores train this).
 
+Two options make the parameters look more like a user's model, where a rule that reads the parameter's size
+(``param_scale_feature``) meets them: ``zero_bias``, the probability that a problem's biases start at zero (as
+attention blocks, LayerNorm and many user models start them), and ``wide``, the probability that the problem is
+instead a student MLP with one hidden layer of 256-1024 units (up to 26,000 parameters, above ``max_params``), whose
+second layer has the small weights of a wide layer (rms about 0.01-0.02, as the hidden layers of real nets). Both
+are drawn from a generator of their own, so with both at 0 (the default) every problem is what it was before.
+
 The loss is multiplied by ``exp(U(-loss_scale, loss_scale))``, so that the rule cannot rely on the gradient's
 absolute size. Only MNIST (training digits; ``val`` uses the held-out ones) and generated data are used: every other
 data set is kept for the generalization suite. Everything is drawn from the problem's seed and split, so a problem
@@ -67,6 +74,8 @@ class Mixture:
     families: tuple[str, ...] = DEFAULT_FAMILIES
     max_params: int = 10_000
     loss_scale: float = 3.0
+    zero_bias: float = 0.0
+    wide: float = 0.0
     name: str = "mixture"
 
     def __post_init__(self) -> None:
@@ -75,6 +84,10 @@ class Mixture:
         unknown = sorted(set(self.families) - set(FAMILIES))
         if unknown or not self.families:
             raise TaskError(f"task {self.name!r}: families must be some of {FAMILIES}, found {self.families}")
+        for option in ("zero_bias", "wide"):
+            if not 0 <= getattr(self, option) <= 1:
+                raise TaskError(f"task {self.name!r}: {option} is a probability in [0, 1], "
+                                f"found {getattr(self, option)!r}")
 
     def family(self, family: str, draw: _Draw) -> object:
         """A task of ``family`` with settings drawn from ``draw``."""
@@ -120,15 +133,32 @@ class Mixture:
                 return task
         raise TaskError(f"task {self.name!r}: no {family} problem fits max_params={self.max_params}")
 
-    def sample(self, seed: int, split: str = "train") -> Problem:
+    def wide_task(self, draw: _Draw) -> Teacher:
+        """A student MLP with one wide hidden layer (the ``wide`` option)."""
+        classify = draw.choice((False, True))
+        return Teacher(inputs=draw.log_int(4, 16), teacher_hidden=draw.log_int(8, 64),
+                       outputs=draw.log_int(2, 10) if classify else draw.log_int(1, 4), classify=classify,
+                       noise=draw.uniform(0, 0.5), activation=draw.choice(tuple(ACTIVATIONS)),
+                       hidden=(draw.log_int(256, 1024),), batch_size=draw.log_int(32, 128))
+
+    def _draws(self, seed: int, split: str) -> tuple[object, _Draw, bool]:
+        """Problem ``seed``'s task, the generator that drew it, and whether its biases start at zero."""
         draw = _Draw(torch.Generator().manual_seed(split_seed(seed, split)))
-        task = self.draw_task(draw)
+        options = _Draw(torch.Generator().manual_seed(split_seed(seed, split) + 7919))  # zero_bias and wide
+        wide = bool(self.wide) and options.uniform(0, 1) < self.wide
+        zero_bias = bool(self.zero_bias) and options.uniform(0, 1) < self.zero_bias
+        return (self.wide_task(options) if wide else self.draw_task(draw)), draw, zero_bias
+
+    def sample(self, seed: int, split: str = "train") -> Problem:
+        task, draw, zero_bias = self._draws(seed, split)
         problem = task.sample(int(torch.randint(2**31, (), generator=draw.gen)), split)
         scale = math.exp(draw.uniform(-self.loss_scale, self.loss_scale))
         inner_loss, inner_final = problem.loss, problem.final_loss
-        return replace(problem, loss=lambda params, step: scale * inner_loss(params, step),
+        params = {k: torch.zeros_like(v) if zero_bias and k.endswith("bias") else v for k, v in problem.params.items()}
+        return replace(problem, params=params, loss=lambda params, step: scale * inner_loss(params, step),
                        eval_loss=lambda params: scale * inner_final(params))
 
     def describe(self, seed: int, split: str = "train") -> str:
         """What problem ``seed`` of ``split`` is (for logs and tests)."""
-        return repr(self.draw_task(_Draw(torch.Generator().manual_seed(split_seed(seed, split)))))
+        task, _, zero_bias = self._draws(seed, split)
+        return repr(task) + " (biases, if any, start at zero)" * zero_bias
