@@ -62,9 +62,10 @@ class NetworkConfig:
       coordinates of rms 1 get the same step (docs/results.md, "The first steps"). The head can then scale the
       step with the parameter (weight 1 on it is Adafactor's relative step; 0, where it starts, ignores it).
       The caller passes the rms per coordinate (``step(grad, state, param_rms)``). The floor, 0.01, lies just below
-      the smallest tensors of the training mixture (a fan-in of 784 gives 0.02): zero-initialised biases at
-      Adafactor's 1e-3 were so far outside it that a rule trained without them collapsed on an attention block
-      (docs/meta-training.md, "The third generation").
+      the smallest tensors of the training mixture (a fan-in of 784 gives 0.02), so that a zero-initialised bias
+      looks like the smallest tensors a rule was trained on rather than like nothing it has seen; a rule trained
+      with no zero tensor collapsed on an attention block's zero biases at either floor, so the mixture's
+      ``zero_bias`` option puts them into training (docs/meta-training.md, "The third generation").
     - ``output``: ``"linear"`` is the paper's ``head(h) * output_scale``. The default scale 0.1 is the one of the
       paper's released code: with ``|h| < 1`` a freshly initialised network moves each coordinate by at most a
       few tenths, so early meta-training neither stalls nor blows up.
