@@ -28,9 +28,9 @@ optimizer state included, over the number of steps), the mean of each part, the 
 (without the first step's weight: the cost of a step once running), the optimizer's share of the step, the
 CPU time of this process per step (``time.process_time``; wall time also counts time slices of other processes),
 and the ratios to Adam in the same run: of the whole step and of ``optimizer.step()`` alone. Then the mean training
-loss of the last 10% of steps, the test loss and the test accuracy, and the size of steps 1, 5 and 10 per parameter
-(the rms of the update over the rms of the parameter: whether the first steps throw a layer off). ``--json`` (``results.json`` by default) gets
-everything, with the command, machine, thread count and torch version.
+loss of the last 10% of steps, the test loss and the test accuracy, and the size of steps 1, 5 and 10 per
+parameter (the rms of the update over the rms of the parameter: whether the first steps throw a layer off).
+``--json`` (``results.json`` by default) gets everything, with the command, machine, thread count and torch version.
 """
 
 from __future__ import annotations
