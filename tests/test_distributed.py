@@ -8,10 +8,7 @@ a launch's time is spent importing torch in three processes.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +17,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from conftest import make_network
+from conftest import make_network, torchrun
 from distributed_worker import SAVE_AT, SEED, STEPS, example
 from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, StateDictError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="needs torch.distributed with the gloo backend")
 
 # One process's parameters and optimizer state (by parameter name) after STEPS steps, and its losses.
 SingleProcess = tuple[dict[str, Tensor], dict[str, dict[str, Any]], list[float]]
-
-
-def torchrun(*args: str) -> str:
-    """Run ``torchrun --standalone --nproc-per-node 2 ARGS`` (a free port, so parallel runs do not collide)."""
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +35,7 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # scale_free carries both kinds of state: (N, H) LSTM states and (N,) feature accumulators; the parameter's
     # scale must be the whole tensor's, not a shard's, for FSDP to step as one process does.
     make_network(preprocessing="scale_free", param_scale_feature=True).save_pretrained(out / "weights")
-    torchrun("tests/distributed_worker.py", str(out / "weights"), str(out))
+    torchrun(["tests/distributed_worker.py", str(out / "weights"), str(out)], timeout=300)
     return out
 
 
@@ -134,9 +120,13 @@ def test_example_resumes_from_a_checkpoint_and_saves_one(launched: Path, single_
                                                          tmp_path: Path) -> None:
     """``examples/ddp.py --mode fsdp`` as a user runs it, from the worker's checkpoint of the same problem."""
     checkpoint = tmp_path / "checkpoint"
-    shutil.copytree(launched / "checkpoint_fsdp", checkpoint)
-    out = torchrun("examples/ddp.py", "--mode", "fsdp", "--weights", str(launched / "weights"),
-                   "--steps", str(STEPS), "--checkpoint", str(checkpoint))
+
+    def prepare() -> None:  # the run saves over the checkpoint it resumed from
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        shutil.copytree(launched / "checkpoint_fsdp", checkpoint)
+
+    out = torchrun(["examples/ddp.py", "--mode", "fsdp", "--weights", str(launched / "weights"), "--steps", str(STEPS),
+                    "--checkpoint", str(checkpoint)], timeout=300, prepare=prepare).stdout
     _, _, losses = single_process
     assert f"resumed from {checkpoint} at step {SAVE_AT}" in out
     assert f"step {STEPS - 1:4d}  loss {losses[-1]:.4f}" in out

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,13 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import torchrun
 from safetensors.torch import load_file
 
 from torch_lstm_optim.meta import distributed
 from torch_lstm_optim.meta.train import main
 from torch_lstm_optim.meta.tasks import Problem
 
-ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--iterations", "3", "--meta-batch", "4", "--eval-every", "1", "--no-compile", "--threads", "1",
           "--hidden-size", "8"]
 CASES = {
@@ -76,11 +75,12 @@ def launch(out: Path) -> None:
 def launched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The launch's output folder (a sub-folder per case) and its stdout."""
     out = tmp_path_factory.mktemp("two_processes")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return out, result.stdout
+
+    def prepare() -> None:
+        shutil.rmtree(out)
+        out.mkdir()
+
+    return out, torchrun([__file__, str(out)], timeout=180, prepare=prepare).stdout
 
 
 def records(out: Path) -> list[dict[str, Any]]:
