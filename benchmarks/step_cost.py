@@ -71,6 +71,9 @@ CONFIGS = {
                                   output="momentum_mix", output_scale=0.01),
     "momentum_mix_1x8": NetworkConfig(hidden_size=8, num_layers=1, preprocessing="scale_free", log_step_feature=True,
                                       level_feature=True, output="momentum_mix", output_scale=0.01),
+    # the third generation's: the parameter's rms as an input (a reduction per parameter) and a warm-up
+    "param_scale": NetworkConfig(preprocessing="scale_free", log_step_feature=True, level_feature=True,
+                                 param_scale_feature=True, warmup_steps=10, output="momentum_mix", output_scale=0.01),
 }
 ADAM_BYTES_PER_COORDINATE = 4 + 2 * 4 + 2 * 2 * 4  # read grad; read+write param, exp_avg, exp_avg_sq
 COPY_NUMEL = 1 << 25  # 128 MiB of float32: well beyond any last-level cache
