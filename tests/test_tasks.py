@@ -259,3 +259,24 @@ def test_mixture_zero_bias_and_wide_options_change_only_what_they_say() -> None:
         assert math.isfinite(float(problem.loss(problem.params, 0)))
     with pytest.raises(TaskError, match="zero_bias"):
         make_task("mixture", zero_bias=1.5)
+
+
+def test_mixture_rescale_changes_the_units_of_each_tensor_not_the_function() -> None:
+    """With ``rescale`` each tensor starts divided by its own ``c`` and the loss multiplies it back: the same loss
+    at the start, gradients ``c`` times larger, tensors of other sizes."""
+    families = "teacher,quadratic,linear"
+    plain, scaled = make_task("mixture", families=families), make_task("mixture", families=families, rescale=3.0)
+    ratios = []
+    for seed in range(4):
+        a, b = plain.sample(seed), scaled.sample(seed)
+        torch.testing.assert_close(b.loss(b.params, 0), a.loss(a.params, 0))
+        torch.testing.assert_close(b.final_loss(b.params), a.final_loss(a.params))
+        pa = {k: v.clone().requires_grad_() for k, v in a.params.items()}
+        pb = {k: v.clone().requires_grad_() for k, v in b.params.items()}
+        grads_a = torch.autograd.grad(a.loss(pa, 0), list(pa.values()))
+        grads_b = torch.autograd.grad(b.loss(pb, 0), list(pb.values()))
+        for name, ga, gb in zip(pa, grads_a, grads_b):
+            c = float(a.params[name].norm() / b.params[name].norm())
+            torch.testing.assert_close(gb, ga * c, rtol=1e-4, atol=1e-6)
+            ratios.append(c)
+    assert min(ratios) < 0.5 and max(ratios) > 2  # sizes drawn over e^-3..e^3, per tensor

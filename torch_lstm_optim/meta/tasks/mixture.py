@@ -17,8 +17,13 @@ Two options make the parameters look more like a user's model, where a rule that
 (``param_scale_feature``) meets them: ``zero_bias``, the probability that a problem's biases start at zero (as
 attention blocks, LayerNorm and many user models start them), and ``wide``, the probability that the problem is
 instead a student MLP with one hidden layer of 256-1024 units (up to 26,000 parameters, above ``max_params``), whose
-second layer has the small weights of a wide layer (rms about 0.01-0.02, as the hidden layers of real nets). Both
-are drawn from a generator of their own, so with both at 0 (the default) every problem is what it was before.
+second layer has the small weights of a wide layer (rms about 0.01-0.02, as the hidden layers of real nets). A third,
+``rescale``, breaks the tie between a parameter's size and the family it comes from (in the plain mixture every
+tensor of rms 1 is a quadratic's or a test function's): each tensor is trained in units ``c`` times larger,
+``theta = c * theta'`` with ``log c ~ U(-rescale, rescale)`` drawn per tensor, which leaves the problem the same
+function of its parameters but divides the tensor's rms by ``c`` and multiplies its gradient by ``c``; the one rule
+right for every ``c`` moves each tensor in proportion to its size. All three are drawn from a generator of their
+own, so with all at 0 (the default) every problem is what it was before.
 
 The loss is multiplied by ``exp(U(-loss_scale, loss_scale))``, so that the rule cannot rely on the gradient's
 absolute size. Only MNIST (training digits; ``val`` uses the held-out ones) and generated data are used: every other
@@ -76,6 +81,7 @@ class Mixture:
     loss_scale: float = 3.0
     zero_bias: float = 0.0
     wide: float = 0.0
+    rescale: float = 0.0
     name: str = "mixture"
 
     def __post_init__(self) -> None:
@@ -88,6 +94,9 @@ class Mixture:
             if not 0 <= getattr(self, option) <= 1:
                 raise TaskError(f"task {self.name!r}: {option} is a probability in [0, 1], "
                                 f"found {getattr(self, option)!r}")
+        if not 0 <= self.rescale <= 10:
+            raise TaskError(f"task {self.name!r}: rescale is the half-width of log c, in [0, 10], "
+                            f"found {self.rescale!r}")
 
     def family(self, family: str, draw: _Draw) -> object:
         """A task of ``family`` with settings drawn from ``draw``."""
@@ -141,24 +150,32 @@ class Mixture:
                        noise=draw.uniform(0, 0.5), activation=draw.choice(tuple(ACTIVATIONS)),
                        hidden=(draw.log_int(256, 1024),), batch_size=draw.log_int(32, 128))
 
-    def _draws(self, seed: int, split: str) -> tuple[object, _Draw, bool]:
-        """Problem ``seed``'s task, the generator that drew it, and whether its biases start at zero."""
+    def _draws(self, seed: int, split: str) -> tuple[object, _Draw, bool, _Draw]:
+        """Problem ``seed``'s task, the generator that drew it, whether its biases start at zero, and the generator of
+        the options (``rescale`` draws from it next)."""
         draw = _Draw(torch.Generator().manual_seed(split_seed(seed, split)))
         options = _Draw(torch.Generator().manual_seed(split_seed(seed, split) + 7919))  # zero_bias and wide
         wide = bool(self.wide) and options.uniform(0, 1) < self.wide
         zero_bias = bool(self.zero_bias) and options.uniform(0, 1) < self.zero_bias
-        return (self.wide_task(options) if wide else self.draw_task(draw)), draw, zero_bias
+        return (self.wide_task(options) if wide else self.draw_task(draw)), draw, zero_bias, options
 
     def sample(self, seed: int, split: str = "train") -> Problem:
-        task, draw, zero_bias = self._draws(seed, split)
+        task, draw, zero_bias, options = self._draws(seed, split)
         problem = task.sample(int(torch.randint(2**31, (), generator=draw.gen)), split)
         scale = math.exp(draw.uniform(-self.loss_scale, self.loss_scale))
+        units = {k: math.exp(options.uniform(-self.rescale, self.rescale)) if self.rescale else 1.0
+                 for k in problem.params}
+        params = {k: torch.zeros_like(v) if zero_bias and k.endswith("bias") else v / units[k]
+                  for k, v in problem.params.items()}
         inner_loss, inner_final = problem.loss, problem.final_loss
-        params = {k: torch.zeros_like(v) if zero_bias and k.endswith("bias") else v for k, v in problem.params.items()}
-        return replace(problem, params=params, loss=lambda params, step: scale * inner_loss(params, step),
-                       eval_loss=lambda params: scale * inner_final(params))
+
+        def original(params: dict) -> dict:  # theta = c * theta'
+            return {k: v * units[k] for k, v in params.items()} if self.rescale else params
+
+        return replace(problem, params=params, loss=lambda params, step: scale * inner_loss(original(params), step),
+                       eval_loss=lambda params: scale * inner_final(original(params)))
 
     def describe(self, seed: int, split: str = "train") -> str:
         """What problem ``seed`` of ``split`` is (for logs and tests)."""
-        task, _, zero_bias = self._draws(seed, split)
+        task, _, zero_bias, _ = self._draws(seed, split)
         return repr(task) + " (biases, if any, start at zero)" * zero_bias
