@@ -151,8 +151,8 @@ class Contender:
 
     def train_step(self, x: Tensor, y: Tensor) -> None:
         torch.random.set_rng_state(self.rng)  # dropout draws as if this contender ran alone
-        measured = len(self.step) + 1 in SIZES_AT
-        before = [p.detach().clone() for p in self.model.parameters()] if measured else None  # not timed
+        number = len(self.step) + 1
+        before = [p.detach().clone() for p in self.model.parameters()] if number in SIZES_AT else None  # not timed
         cpu, start = time.process_time(), time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         out = self.model(x)
@@ -162,8 +162,8 @@ class Contender:
         self.optimizer.step()
         end = time.perf_counter()
         if before is not None:
-            self.step_sizes[len(self.step) + 1] = {name: float(_rms(p.detach() - old) / _rms(old))
-                                                   for (name, p), old in zip(self.model.named_parameters(), before)}
+            self.step_sizes[number] = {name: float(_rms(p.detach() - old) / _rms(old))
+                                       for (name, p), old in zip(self.model.named_parameters(), before)}
         self.cpu.append(time.process_time() - cpu)
         self.forward_backward.append(middle - start)
         self.step.append(end - middle)

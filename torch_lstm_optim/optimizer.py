@@ -16,7 +16,7 @@ import copy
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ class _Segment:
     start: int
     stop: int
     lr: float | Tensor
-    scale: Tensor | None  # the parameter's rms, for a network with param_scale_feature
+    param_rms: Tensor | None  # the whole parameter's rms, for a network with param_scale_feature
 
 
 CPU_CHUNK_BYTES = 1 << 20  # one chunk's LSTM gates on CPU (default_chunk_size)
@@ -255,7 +255,7 @@ class LSTMOptimizer(Optimizer):
             if not local.is_contiguous():
                 copies.append((local, flat))
             segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel(),
-                                     _lr_on(group["lr"], device), _scale_of(p, network.config)))
+                                     _lr_on(group["lr"], device), _param_rms_of(p, network.config)))
         for chunk in _chunks(segments, self.chunk_size or default_chunk_size(device, network.config)):
             self._apply_chunk(chunk, network, rule)
         for local, flat in copies:
@@ -270,8 +270,8 @@ class LSTMOptimizer(Optimizer):
         all_finite = bool(finite.all())
         if not all_finite:
             grad = torch.where(finite, grad, 0.0)
-        scale = None if chunk[0].scale is None else _cat([s.scale.expand(s.stop - s.start) for s in chunk])
-        update, new_state = rule(grad, state, scale)
+        rms = None if chunk[0].param_rms is None else _cat([s.param_rms.expand(s.stop - s.start) for s in chunk])
+        update, new_state = rule(grad, state, rms)
         if not all_finite:
             self._count_nonfinite(int((~finite).sum()))
             update = torch.where(finite, update, 0.0)
@@ -443,8 +443,7 @@ def _chunks(segments: list[_Segment], size: int) -> Iterable[list[_Segment]]:
         start = 0
         while start < segment.stop:
             take = min(size - filled, segment.stop - start)
-            chunk.append(_Segment(segment.flat_param, segment.grad, segment.state, start, start + take, segment.lr,
-                                  segment.scale))
+            chunk.append(replace(segment, start=start, stop=start + take))
             start, filled = start + take, filled + take
             if filled == size:
                 yield chunk
@@ -453,7 +452,7 @@ def _chunks(segments: list[_Segment], size: int) -> Iterable[list[_Segment]]:
         yield chunk
 
 
-def _scale_of(param: Tensor, config: NetworkConfig) -> Tensor | None:
+def _param_rms_of(param: Tensor, config: NetworkConfig) -> Tensor | None:
     """The rms of the whole parameter (every shard of a DTensor) before its update, if the rule reads it."""
     if not config.param_scale_feature:
         return None

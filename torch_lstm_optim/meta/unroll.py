@@ -111,9 +111,9 @@ def advance(network: Networks, run: Unroll, steps: int, lr: float = 1.0,
             grad = torch.cat([grads[j].reshape(-1) for j in members[label]])
             if label not in state:
                 state[label] = net.init_state(grad)
-            scale = torch.cat([param_rms(flat[j]).expand(flat[j].numel()) for j in members[label]]) \
+            rms = torch.cat([param_rms(flat[j]).expand(flat[j].numel()) for j in members[label]]) \
                 if net.config.param_scale_feature else None
-            update, state[label] = rules[label](grad, state[label], scale)
+            update, state[label] = rules[label](grad, state[label], rms)
             for j, piece in zip(members[label], update.split([flat[j].numel() for j in members[label]])):
                 updates[j] = piece.view_as(flat[j])
         run.state = state
