@@ -154,6 +154,26 @@ def test_teacher_regression_and_classification() -> None:
         make_task("teacher", classify=True, outputs=1)
 
 
+def test_token_teacher_starts_as_pytorch_does_and_its_embedding_gets_sparse_gradients() -> None:
+    task = make_task("token-teacher", vocab=200, width=8, length=4, classes=3, batch_size=16)
+    problem = task.sample(0)
+    assert all(torch.equal(v, task.sample(0).params[k]) for k, v in problem.params.items())
+    assert not torch.equal(problem.params["embed.weight"], task.sample(1).params["embed.weight"])
+    assert problem.params["embed.weight"].pow(2).mean().sqrt() == pytest.approx(1.0, abs=0.1)  # N(0, 1)
+    assert torch.equal(problem.params["norm.weight"], torch.ones(8))
+    params = {k: v.clone().requires_grad_() for k, v in problem.params.items()}
+    problem.loss(params, 0).backward()
+    rows_hit = int((params["embed.weight"].grad.abs().sum(1) > 0).sum())
+    assert 0 < rows_hit <= 16 * 4 < 200  # only the rows of the 64 tokens drawn, most of the table untouched
+    tokens, labels = task.data(torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens.flatten(), minlength=200)
+    assert counts[:10].sum() > counts[-100:].sum()  # Zipf: the first tokens are the common ones
+    assert labels.dtype == torch.long and set(labels.tolist()) == {0, 1, 2}
+    assert "norm.weight" not in make_task("token-teacher", layer_norm=False).sample(0).params
+    with pytest.raises(TaskError, match="needs vocab >= 2, classes >= 2"):
+        make_task("token-teacher", classes=1)
+
+
 def test_conditioned_quadratic_has_that_condition_number() -> None:
     problem = make_task("quadratic", dim=8, condition=1e3).sample(0)
     params = {"theta": problem.params["theta"].clone()}
@@ -229,9 +249,10 @@ def test_test_function_options_are_checked() -> None:
         make_task("test-function", function="beale")
 
 
-def test_mixture_draws_the_near_zero_families_only_when_asked(mnist_dir: Path) -> None:
-    task = make_task("mixture", data_dir=str(mnist_dir), max_params=3000, val_size=100, families="linear,function")
-    assert {task.describe(seed).split("(")[0] for seed in range(20)} == {"LinearModel", "TestFunction"}
+def test_mixture_draws_the_families_beyond_the_default_only_when_asked(mnist_dir: Path) -> None:
+    task = make_task("mixture", data_dir=str(mnist_dir), max_params=3000, val_size=100,
+                     families="linear,function,tokens")
+    assert {task.describe(seed).split("(")[0] for seed in range(30)} == {"LinearModel", "TestFunction", "TokenTeacher"}
     for seed in range(6):
         problem = task.sample(seed)
         assert math.isfinite(float(problem.loss(problem.params, 0)))

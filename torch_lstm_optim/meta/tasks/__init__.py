@@ -18,13 +18,13 @@ from .mixture import Mixture
 from .mnist import MnistConv, MnistMLP
 from .neural_art import NeuralArt
 from .quadratic import Quadratic
-from .teacher import Teacher
+from .teacher import Teacher, TokenTeacher
 
 TASKS: dict[str, Callable[..., Task]] = {"quadratic": Quadratic, "mnist-mlp": MnistMLP, "mnist-conv": MnistConv,
                                          "cifar10-conv": Cifar10Conv, "teacher": Teacher, "linear-model": LinearModel,
                                          "test-function": TestFunction,
                                          "symmetric-factorisation": SymmetricFactorisation, "mixture": Mixture,
-                                         "neural-art": NeuralArt}
+                                         "neural-art": NeuralArt, "token-teacher": TokenTeacher}
 
 __all__ = ["MAX_SEED", "Forward", "Params", "Problem", "SeedSplits", "TASKS", "Task", "TaskError", "check_task",
            "make_task", "module_problem", "split_seed", "step_generator"]

@@ -4,12 +4,15 @@ Families (``families``): MLPs on MNIST (1-3 hidden layers of 8-128 units; sigmoi
 32-256; the digits at 28x28 or average-pooled to 14x14 or 7x7), small conv nets on MNIST (1-2 conv layers of 4-16
 channels, kernel 3 or 5, stride 1 or 2, with or without max pooling, an optional hidden linear layer), quadratics of
 dimension 2-100 and condition number 1-1e4, and student MLPs on data from random teacher MLPs (regression or 2-10
-classes, 4-64 inputs, noise 0-0.5). Three more families must be asked for by name (``families``; the default is the
+classes, 4-64 inputs, noise 0-0.5). Four more families must be asked for by name (``families``; the default is the
 four above, the mixture the shipped generalist was trained on): ``linear``, linear, logistic and softmax regression
 on generated data with features of unequal scales, noiseless half the time (separable classes, exact fits), full-batch
 half the time; ``function``, stretched test functions with minimum 0; and ``factorisation``, symmetric low-rank
 factorisations ``X X^T`` of 5-40 x 5-40 matrices of rank 1-4 (see :mod:`.generated`). All three end near a loss of
-zero, a regime the MNIST families never reach. Sizes are drawn log-uniformly; a draw with more than
+zero, a regime the MNIST families never reach. The fourth, ``tokens``, is a bag-of-embeddings classifier of generated
+token sequences (:class:`.teacher.TokenTeacher`: vocabularies of 16-512 tokens with Zipf frequencies, embeddings of
+8-32, with or without a LayerNorm): tensors of rms 1 (an embedding table, a LayerNorm gain) that must not stride,
+and an embedding's sparse gradients. Sizes are drawn log-uniformly; a draw with more than
 ``max_params`` parameters (or a conv net that pools its images away) is drawn again (the meta-trainer's cost grows
 with the coordinates, and 2 CPU cores train this).
 
@@ -42,9 +45,9 @@ from .base import Problem, TaskError, split_seed
 from .generated import FUNCTIONS, LinearModel, SymmetricFactorisation, TestFunction
 from .mnist import ACTIVATIONS, MnistConv, MnistMLP
 from .quadratic import Quadratic
-from .teacher import Teacher
+from .teacher import Teacher, TokenTeacher
 
-FAMILIES = ("mnist-mlp", "mnist-conv", "quadratic", "teacher", "linear", "function", "factorisation")
+FAMILIES = ("mnist-mlp", "mnist-conv", "quadratic", "teacher", "linear", "function", "factorisation", "tokens")
 DEFAULT_FAMILIES = FAMILIES[:4]
 
 
@@ -113,6 +116,11 @@ class Mixture:
         if family == "factorisation":
             rank = draw.log_int(1, 4)
             return SymmetricFactorisation(size=draw.log_int(5, 40), rank=rank, factors=rank + draw.log_int(1, 4) - 1)
+        if family == "tokens":
+            return TokenTeacher(vocab=draw.log_int(16, 512), width=draw.log_int(8, 32), length=draw.log_int(4, 32),
+                                classes=draw.log_int(2, 10), layer_norm=draw.choice((False, True)),
+                                hidden=draw.choice(((), (draw.log_int(8, 64),))), activation=draw.choice(act),
+                                batch_size=draw.log_int(16, 128))
         if family == "teacher":
             classify = draw.choice((False, True))
             return Teacher(inputs=draw.log_int(4, 64), teacher_hidden=draw.log_int(8, 64),
