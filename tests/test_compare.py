@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import make_network
 
-from torch_lstm_optim.evaluation.compare import compare, main, scores
+from torch_lstm_optim.evaluation.compare import ADAM_GRID, VS_ADAM_FLOOR, compare, main, scores, table, tuned_adam
+from torch_lstm_optim.evaluation.evaluate import run_optimizer
 from torch_lstm_optim.meta.train import validation_scores
 from torch_lstm_optim.meta.tasks import make_task
 from torch_lstm_optim.meta.unroll import Unroll, advance
@@ -36,6 +37,30 @@ def test_scores_are_the_meta_trainers_validation_scores_and_differences_are_pair
     assert second["diff_se"] == pytest.approx(float(diffs.std() / 6 ** 0.5))
     assert second["diff_median"] == pytest.approx(float(diffs.median()))
     assert second["better_on"] == int((diffs < 0).sum()) and second["better_on"] + second["worse_on"] == 6
+
+
+def test_vs_adam_scores_each_problem_against_adam_tuned_for_it() -> None:
+    problems = [make_task("quadratic", dim=4).sample(seed, "test") for seed in range(3)]
+    reference = tuned_adam(problems, 5)
+    for problem, best in zip(problems, reference):
+        finals = [run_optimizer(problem, lambda p: torch.optim.Adam(p, lr=lr), 5).final for lr in ADAM_GRID]
+        assert float(best) == min(finals) and float(best) < finals[0]  # tuned: better than the grid's first rate
+    network = make_network(seed=0)
+    run = Unroll.start(problems)
+    initial = run.final_losses()
+    with torch.no_grad():
+        advance(network, run, 5)
+    expected = run.final_losses().double().log() - reference.log()
+    torch.testing.assert_close(scores(network, problems, 5, "vs_adam", reference), expected)
+    result = compare({"a": network, "b": make_network(seed=1)}, problems, steps=5, metric="vs_adam")
+    assert result["adam_finals"] == reference.tolist()
+    for r in result["weights"].values():
+        assert r["beats_adam_on"] == sum(v < 0 for v in r["scores"])
+        assert r["median"] == pytest.approx(float(torch.tensor(r["scores"]).median()))
+    assert "| beats tuned Adam on |" in table(result)
+    solved = scores(network, problems, 5, "vs_adam", torch.zeros(3, dtype=torch.float64))  # Adam at exactly 0:
+    floored = torch.full((3,), VS_ADAM_FLOOR, dtype=torch.float64) * initial.double()  # both sides floored
+    torch.testing.assert_close(solved, run.final_losses().double().maximum(floored).log() - floored.log())
 
 
 def test_cli_writes_results_and_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
