@@ -16,9 +16,10 @@ from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, NetworkConfig, l
 from torch_lstm_optim.evaluate import main as evaluate_main
 from torch_lstm_optim.evaluation.evaluate import evaluate, run_optimizer
 from torch_lstm_optim.meta.train import main as meta_train_main
-from torch_lstm_optim.meta.train import parse_args, validate
+from torch_lstm_optim.meta.train import parse_args, start_networks, validate
 from torch_lstm_optim.meta.tasks import Problem, TaskError, make_task
 from torch_lstm_optim.meta.unroll import Unroll, advance, meta_loss
+from torch_lstm_optim.weights import WeightsError
 
 SCALE_FREE = dict(preprocessing="scale_free", log_rms_feature=True, output="direction_magnitude")
 
@@ -329,3 +330,26 @@ def test_seeds_whose_training_problems_are_held_out_problems_warn(seed: int, war
         warnings.simplefilter("always")
         warn_if_seeds_meet_other_splits(config)
     assert [str(w.message).startswith(f"--seed {seed} draws") for w in caught] == ([True] if warns else [])
+
+
+def test_init_warmup_steps_changes_the_warmup_of_the_starting_weights_and_nothing_else(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_network(seed=3, preprocessing="scale_free", output="momentum_mix", warmup_steps=10)
+    source.save_pretrained(tmp_path / "w")
+    config, network_config = parse_args(["--task", "quadratic", "--init-weights", str(tmp_path / "w"),
+                                          "--init-warmup-steps", "30", "--out", str(tmp_path / "out")])
+    started = start_networks(config, network_config)
+    assert started.config == dataclasses.replace(source.config, warmup_steps=30)
+    assert all(torch.equal(a, b) for a, b in zip(started.state_dict().values(), source.state_dict().values()))
+    grad = torch.randn(50)
+    with torch.no_grad():
+        ours, theirs = started.step(grad, started.init_state(grad))[0], source.step(grad, source.init_state(grad))[0]
+    torch.testing.assert_close(ours, theirs / 3)  # first step: 1/30 of the rule's update instead of 1/10
+    with pytest.raises(SystemExit):
+        parse_args(["--task", "quadratic", "--init-warmup-steps", "30"])
+    assert "--init-warmup-steps needs --init-weights" in capsys.readouterr().err
+    make_network(seed=3).save_pretrained(tmp_path / "paper")  # log_sign: no step count to warm up with
+    config, network_config = parse_args(["--task", "quadratic", "--init-weights", str(tmp_path / "paper"),
+                                         "--init-warmup-steps", "30", "--out", str(tmp_path / "out")])
+    with pytest.raises(WeightsError, match="--init-warmup-steps 30: config field 'warmup_steps' needs"):
+        start_networks(config, network_config)

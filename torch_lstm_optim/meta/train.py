@@ -31,7 +31,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ from .unroll import SINGLE, Networks, Rule, Unroll, advance, as_classes, meta_lo
 
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
-RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_rule", "init_lr", "horizon", "truncation",
+RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_warmup_steps", "init_rule", "init_lr",
+                "horizon", "truncation",
                 "meta_batch", "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems",
                 "val_metric", "curriculum", "patience", "average_decay", "log_floor")
 
@@ -121,6 +122,10 @@ class MetaTrainConfig:
     out: str = field(default="runs/meta", metadata={"help": "output folder"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoint.pt"})
     init_weights: str | None = field(default=None, metadata={"help": "start from these weights (name/folder/hub)"})
+    init_warmup_steps: int | None = field(default=None, metadata={
+        "help": "with --init-weights: train them with this warm-up instead of their config's warmup_steps (the "
+                "update's first steps scaled by t / N; a rule's early strides are damped without retraining it "
+                "from scratch; iteration 0 is those weights with the new warm-up)"})
     init_rule: str = field(default="adam", metadata={
         "help": "for a fresh direction_magnitude or momentum_mix network: the classic rule its head starts as, "
                 "'adam' or 'nag'; or 'transplant': with --init-weights of a direction_magnitude network, start the "
@@ -155,7 +160,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
             elif f.name == "betas":
                 group.add_argument(flag, type=float, nargs="+", default=default, help=help_text)
             else:
-                kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
+                kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(str(f.type), str)
                 group.add_argument(flag, type=kind, default=default, help=help_text)
     args = vars(parser.parse_args(argv))
     config = MetaTrainConfig(**{f.name: args[f.name] for f in fields(MetaTrainConfig)})
@@ -189,6 +194,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
         parser.error(f"--init-rule must be 'adam', 'nag' or 'transplant', found {config.init_rule!r}")
     if config.init_rule == "transplant" and not config.init_weights:
         parser.error("--init-rule transplant needs --init-weights (the trained weights to start from)")
+    if config.init_warmup_steps is not None and (not config.init_weights or config.init_warmup_steps < 0):
+        parser.error(f"--init-warmup-steps needs --init-weights and a count >= 0, found {config.init_warmup_steps}")
     if not config.out.strip():
         parser.error("--out must name a folder")
     if config.push_to_hub is not None:
@@ -382,12 +389,25 @@ def start_networks(config: MetaTrainConfig, network_config: NetworkConfig) -> to
             network = load_network(config.init_weights)
             if config.init_rule == "transplant":
                 network = momentum_mix_from(network, network_config)
+            if config.init_warmup_steps is not None:
+                network = with_warmup(network, config.init_warmup_steps)
         else:
             network = CoordinatewiseLSTM(network_config)
             if network_config.output != "linear":
                 network.init_head(config.init_rule, config.init_lr or network_config.output_scale)
         networks[label] = network
     return networks[SINGLE] if not config.param_classes else torch.nn.ModuleDict(networks)
+
+
+def with_warmup(network: CoordinatewiseLSTM, steps: int) -> CoordinatewiseLSTM:
+    """The same weights with ``warmup_steps`` set to ``steps`` (``--init-warmup-steps``); a :class:`WeightsError` if
+    the network's form has no warm-up (it needs the ``scale_free`` preprocessing)."""
+    try:
+        warmed = CoordinatewiseLSTM(replace(network.config, warmup_steps=steps))
+    except ValueError as error:
+        raise WeightsError(f"--init-warmup-steps {steps}: {error}") from None
+    warmed.load_state_dict(network.state_dict())
+    return warmed
 
 
 def compiled_rule(model: torch.nn.Module) -> dict[str, Rule]:
