@@ -32,7 +32,8 @@ import step_cost  # noqa: E402
 from torch_lstm_optim.weights import load_network  # noqa: E402
 
 POINTS = [
-    ("default 2x20 (generalist)", "generalist", "results/generalization/results.json"),
+    ("default 2x20, third generation (generalist)", "generalist", "results/generalization-v3/results.json"),
+    ("first default 2x20 (generalist-v1)", "generalist-v1", "results/generalization/results.json"),
     ("second generation 2x20 (campaign, iteration 330)", "results/campaign-generalist-v2",
      "results/campaign-generalist-v2/suite-session-1-iteration-330.json"),
     ("small 1x8 (generalist-small)", "generalist-small", "results/generalization-small/results.json"),

@@ -2,7 +2,7 @@
 
     python benchmarks/meta_train_speed.py --task quadratic --iterations 200
     python benchmarks/meta_train_speed.py --task mnist-mlp --data-dir ../shared/data --log pretrained/mnist-mlp
-    python benchmarks/meta_train_speed.py --data-dir ../shared/data --log pretrained/generalist
+    python benchmarks/meta_train_speed.py --data-dir ../shared/data --log pretrained/generalist-v1
 
 Tuned Adam is scored on exactly the validation problems the meta-trainer validates on (same seeds, same steps, same
 score: mean final loss or mean log of final over initial loss; learning rate the best of the evaluation's grid).

@@ -151,10 +151,12 @@ def measure_cells(args: argparse.Namespace, clock: Callable[[], float]) -> dict[
     generator = torch.Generator().manual_seed(0)
     grads = [torch.randn(args.coordinates, generator=generator) * 10 ** torch.empty(args.coordinates).uniform_(
         -4, 0, generator=generator) for _ in range(args.warmup_steps + 1)]
+    # a rule that reads its parameter's size gets one: a parameter of rms 0.1 (its cost does not depend on the value)
+    param_rms = torch.full((args.coordinates,), 0.1) if network.config.param_scale_feature else None
     with torch.no_grad():
         state = network.init_state(grads[0])
         for grad in grads[:-1]:
-            _, state = network.step(grad, state)
+            _, state = network.step(grad, state, param_rms)
         grad = grads[-1]
         variants = dict(VARIANTS)
         skipped = None
@@ -163,13 +165,13 @@ def measure_cells(args: argparse.Namespace, clock: Callable[[], float]) -> dict[
             skipped = "bf16-matmul skipped: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag)"
         rules = {name: network.step if cell is None else rule_with(network, cell) for name, cell in variants.items()}
         with torch.enable_grad():  # the differentiable path defines the rule
-            expected_update, expected_state = network.step(grad, state)
+            expected_update, expected_state = network.step(grad, state, param_rms)
         differences = {}
         for name, rule in rules.items():
-            update, new_state = rule(grad, state)
+            update, new_state = rule(grad, state, param_rms)
             differences[name] = max([deviation(update, expected_update)]
                                     + [deviation(new_state[k], expected_state[k]) for k in expected_state])
-        times = interleaved({name: (lambda rule=rule: rule(grad, state)) for name, rule in rules.items()},
+        times = interleaved({name: (lambda rule=rule: rule(grad, state, param_rms)) for name, rule in rules.items()},
                             args.repeats, clock)
     rows = summarise(times, "network")
     for name, row in rows.items():

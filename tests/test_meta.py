@@ -337,7 +337,7 @@ def test_init_warmup_steps_changes_the_warmup_of_the_starting_weights_and_nothin
     source = make_network(seed=3, preprocessing="scale_free", output="momentum_mix", warmup_steps=10)
     source.save_pretrained(tmp_path / "w")
     config, network_config = parse_args(["--task", "quadratic", "--init-weights", str(tmp_path / "w"),
-                                          "--init-warmup-steps", "30", "--out", str(tmp_path / "out")])
+                                         "--init-warmup-steps", "30", "--out", str(tmp_path / "out")])
     started = start_networks(config, network_config)
     assert started.config == dataclasses.replace(source.config, warmup_steps=30)
     assert all(torch.equal(a, b) for a, b in zip(started.state_dict().values(), source.state_dict().values()))

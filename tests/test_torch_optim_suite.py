@@ -318,9 +318,15 @@ class TestOptimRenewed(TestCase):
 
     @optims([o for o in optim_db if o.supports_complex], dtypes=COMPLEX)
     def test_complex_2d(self, device, dtype, optim_info):
-        """A complex parameter steps as its real and imaginary parts given as two real parameters."""
-        all_optim_inputs = _get_optim_inputs_including_global_cliquey_kwargs(device, dtype, optim_info,
-                                                                             skip=("differentiable", "fused"))
+        """A complex parameter steps as its real and imaginary parts given as two real parameters.
+
+        Upstream's premise, an elementwise rule, holds for a rule without tensor-level inputs (``generalist-v1``):
+        the default reads each parameter's rms, which for a complex parameter is over both parts together and for
+        the two real ones is each part's (``test_complex`` checks the default on the ``view_as_real`` twin)."""
+        all_optim_inputs = [OptimizerInput(params=o.params, kwargs={**o.kwargs, "weights": "generalist-v1"},
+                                           desc=o.desc)
+                            for o in _get_optim_inputs_including_global_cliquey_kwargs(
+                                device, dtype, optim_info, skip=("differentiable", "fused"))]
 
         def rosenbrock(t):
             x, y = t
