@@ -7,7 +7,7 @@ The suite says *that* a learned rule loses on a problem; this says *how*. A rule
 shows it in the sizes: a LayerNorm gain shrinking from 1 to 0.3, or an embedding growing from rms 1 to 16, while the
 loss stays put. For every contender (learned weights, or a baseline as ``NAME:LR`` with a name of
 :data:`~torch_lstm_optim.evaluation.evaluate.BASELINES`) it runs the ``test`` problems of ``--seeds`` seeds and
-prints, at each step of ``--at``, the mean loss and per tensor the median over seeds of its rms and of its
+prints, at each step of ``--at``, the mean reporting loss and per tensor the median over seeds of its rms and of its
 last step's size relative to it (``rms(update) / rms(param before)``). ``--out`` also writes the figures as JSON.
 """
 
@@ -39,8 +39,8 @@ def rms(x: Tensor) -> float:
 
 
 def trace_run(problem: Problem, make: Make, at: list[int]) -> dict[str, Any]:
-    """One run of ``max(at)`` steps: at each step ``t`` of ``at`` (after ``t`` updates) the loss, each tensor's rms
-    and the ``t``-th update's rms relative to the tensor's rms before it."""
+    """One run of ``max(at)`` steps: at each step ``t`` of ``at`` (after ``t`` updates) the reporting loss (the one
+    the suite scores), each tensor's rms and the ``t``-th update's rms relative to the tensor's rms before it."""
     params = {k: v.detach().clone().requires_grad_() for k, v in problem.params.items()}
     optimizer = make(list(params.values()))
     record: dict[str, Any] = {"loss": [], "rms": {k: [] for k in params}, "step": {k: [] for k in params}}
@@ -52,7 +52,7 @@ def trace_run(problem: Problem, make: Make, at: list[int]) -> dict[str, Any]:
         if t not in at:
             continue
         with torch.no_grad():
-            record["loss"].append(problem.loss(params, t).item())
+            record["loss"].append(float(problem.final_loss(params)))
         for k, v in params.items():
             record["rms"][k].append(rms(v))
             size = rms(before[k])
