@@ -6,7 +6,8 @@
 
 ``LSTMOptimizer`` is used like any ``torch.optim`` optimizer: ``zero_grad()``, ``backward()``, ``step()``. The
 default weights (``generalist``) were meta-trained on a mixture of small problems (MLPs and conv nets on MNIST,
-quadratics, teacher-student networks) and run untuned at ``lr=1``: ``lr`` multiplies the network's update.
+quadratics, teacher-student networks, linear models, test functions, factorisations, token classifiers) and run
+untuned at ``lr=1``: ``lr`` multiplies the network's update.
 
 Both optimizers train the same initial model (784-128-10, ReLU) on the same minibatches of 128 training digits;
 Adam runs at torch's default learning rate (1e-3). At the end each model is scored on the 10,000 test digits.
