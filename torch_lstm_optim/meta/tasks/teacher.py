@@ -10,6 +10,7 @@ and a student with an embedding table (see its docstring). No data set: splits o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,22 @@ from torch import Tensor, nn
 
 from .base import Problem, TaskError, module_problem, split_seed, step_generator
 from .mnist import check_activation, init_uniform, mlp
+
+
+def student_problem(task: Teacher | TokenTeacher, seed: int, split: str,
+                    criterion: Callable[[Tensor, Tensor], Tensor]) -> Problem:
+    """A student fitted to its teacher's data: ``task.data`` then ``task.build`` drawn from the split's seed, trained
+    on minibatches of ``task.batch_size`` under ``criterion``, reported on all samples."""
+    seed = split_seed(seed, split)
+    gen = torch.Generator().manual_seed(seed)
+    x, y = task.data(gen)
+    model = task.build(gen)
+
+    def batch_loss(forward, step: int) -> Tensor:
+        index = torch.randint(len(x), (task.batch_size,), generator=step_generator(seed, step))
+        return criterion(forward(x[index]), y[index])
+
+    return module_problem(model, batch_loss, eval_loss=lambda forward: criterion(forward(x), y))
 
 
 @dataclass
@@ -53,17 +70,7 @@ class Teacher:
         return x, (y.argmax(1) if self.classify else y)
 
     def sample(self, seed: int, split: str = "train") -> Problem:
-        seed = split_seed(seed, split)
-        gen = torch.Generator().manual_seed(seed)
-        x, y = self.data(gen)
-        model = self.build(gen)
-        criterion = F.cross_entropy if self.classify else F.mse_loss
-
-        def batch_loss(forward, step: int) -> Tensor:
-            index = torch.randint(len(x), (self.batch_size,), generator=step_generator(seed, step))
-            return criterion(forward(x[index]), y[index])
-
-        return module_problem(model, batch_loss, eval_loss=lambda forward: criterion(forward(x), y))
+        return student_problem(self, seed, split, F.cross_entropy if self.classify else F.mse_loss)
 
 
 class _BagOfEmbeddings(nn.Module):
@@ -126,13 +133,4 @@ class TokenTeacher:
         return tokens, (vectors[tokens].mean(1) @ readout).argmax(1)
 
     def sample(self, seed: int, split: str = "train") -> Problem:
-        seed = split_seed(seed, split)
-        gen = torch.Generator().manual_seed(seed)
-        x, y = self.data(gen)
-        model = self.build(gen)
-
-        def batch_loss(forward, step: int) -> Tensor:
-            index = torch.randint(len(x), (self.batch_size,), generator=step_generator(seed, step))
-            return F.cross_entropy(forward(x[index]), y[index])
-
-        return module_problem(model, batch_loss, eval_loss=lambda forward: F.cross_entropy(forward(x), y))
+        return student_problem(self, seed, split, F.cross_entropy)
