@@ -52,9 +52,8 @@ from .unroll import SINGLE, Networks, Rule, Unroll, advance, as_classes, meta_lo
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
 RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_warmup_steps", "init_rule", "init_lr",
-                "horizon", "truncation",
-                "meta_batch", "meta_lr", "head_lr", "clip", "objective", "seed", "val_split", "val_problems",
-                "val_metric", "curriculum", "patience", "average_decay", "log_floor")
+                "horizon", "truncation", "meta_batch", "meta_lr", "head_lr", "clip", "objective", "seed", "val_split",
+                "val_problems", "val_metric", "curriculum", "patience", "average_decay", "log_floor")
 
 
 class DivergedError(RuntimeError):
