@@ -7,7 +7,8 @@ one LSTM for the convolutions, one for the rest). All coordinates of a step that
 flattened into one batch and fed to that network in chunks of at most ``chunk_size`` coordinates, so the transient
 memory of a step is bounded by the chunk, not by the model; each other network gets its own calls.
 A complex parameter is stepped as torch's own optimizers step it: as the real parameter of its real and imaginary
-parts (``torch.view_as_real``), each a coordinate with its own state.
+parts (``torch.view_as_real``), each a coordinate with its own state; a rule that reads its parameter's rms
+(``param_scale_feature``) takes it over both parts together.
 """
 
 from __future__ import annotations
