@@ -97,7 +97,7 @@ def rule_with(network: CoordinatewiseLSTM, cell: Cell) -> Callable[..., tuple[Te
             hidden, c = cell(layer, network.gate_scale, hidden, state[f"h{index}"], state[f"c{index}"],
                              network.config.hidden_size)
             new_state[f"h{index}"], new_state[f"c{index}"] = hidden, c
-        return network._output(hidden, x, new_state), new_state
+        return network._output(network._head(hidden, x), x, new_state), new_state
     return step
 
 

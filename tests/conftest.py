@@ -37,6 +37,14 @@ def torchrun(args: list[str], timeout: int, prepare: Callable[[], None] = lambda
     return result
 
 
+def documented_shape(coordinates: tuple[int, ...], config: NetworkConfig, name: str) -> tuple[int, ...]:
+    """A state tensor's shape for these leading dims: the LSTM's ``h``/``c`` have ``H`` values per coordinate, the
+    head's stored outputs ``mix`` one per output, the feature accumulators one."""
+    if name == "mix":
+        return (*coordinates, config.num_outputs)
+    return (*coordinates, config.hidden_size) if name[0] in "hc" else coordinates
+
+
 # Big enough to exercise every code path, small enough that a step costs microseconds.
 SMALL = dict(hidden_size=8, num_layers=2)
 
@@ -60,10 +68,12 @@ def network() -> CoordinatewiseLSTM:
     return make_network()
 
 
-# The rule's forms with their kinds of state: the paper's, scale-free features, and the momentum mix with the level.
+# The rule's forms with their kinds of state: the paper's, scale-free features, the momentum mix with the level, and
+# the same with the LSTM run every other step (its head's last outputs kept as state).
 FORMS = {"log_sign": dict(preprocessing="log_sign"), "scale_free": dict(preprocessing="scale_free"),
          "momentum_mix": dict(preprocessing="scale_free", output="momentum_mix", level_feature=True,
-                              log_step_feature=True)}
+                              log_step_feature=True),
+         "lstm_every": dict(preprocessing="scale_free", output="momentum_mix", level_feature=True, lstm_every=2)}
 
 
 @pytest.fixture(params=sorted(FORMS))

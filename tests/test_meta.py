@@ -353,3 +353,22 @@ def test_init_warmup_steps_changes_the_warmup_of_the_starting_weights_and_nothin
                                          "--init-warmup-steps", "30", "--out", str(tmp_path / "out")])
     with pytest.raises(WeightsError, match="--init-warmup-steps 30: config field 'warmup_steps' needs"):
         start_networks(config, network_config)
+
+
+def test_init_lstm_every_changes_the_interval_of_the_starting_weights_and_nothing_else(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_network(seed=3, preprocessing="scale_free", output="momentum_mix", warmup_steps=10)
+    source.save_pretrained(tmp_path / "w")
+    config, network_config = parse_args(["--task", "quadratic", "--init-weights", str(tmp_path / "w"),
+                                         "--init-lstm-every", "4", "--out", str(tmp_path / "out")])
+    started = start_networks(config, network_config)
+    assert started.config == dataclasses.replace(source.config, lstm_every=4)
+    assert all(torch.equal(a, b) for a, b in zip(started.state_dict().values(), source.state_dict().values()))
+    with pytest.raises(SystemExit):
+        parse_args(["--task", "quadratic", "--init-lstm-every", "4"])
+    assert "--init-lstm-every needs --init-weights" in capsys.readouterr().err
+    make_network(seed=3, preprocessing="scale_free").save_pretrained(tmp_path / "dm")  # no head outputs to keep
+    config, network_config = parse_args(["--task", "quadratic", "--init-weights", str(tmp_path / "dm"),
+                                         "--init-lstm-every", "4", "--out", str(tmp_path / "out")])
+    with pytest.raises(WeightsError, match="--init-lstm-every 4: config field 'lstm_every' > 1 needs"):
+        start_networks(config, network_config)

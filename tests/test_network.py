@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_network
+from conftest import SMALL, documented_shape, make_network
 from torch_lstm_optim import CoordinatewiseLSTM, NetworkConfig
 from torch_lstm_optim.network import state_names
 
@@ -105,8 +105,7 @@ def test_step_returns_update_and_state_of_the_documented_shapes(any_network: Coo
     assert update.shape == (13,) and update.dtype == torch.float32 and torch.isfinite(update).all()
     assert set(state) == set(state_names(any_network.config))
     for name, value in state.items():
-        expected = (13, any_network.config.hidden_size) if name[0] in "hc" else (13,)
-        assert value.shape == expected, name
+        assert value.shape == documented_shape((13,), any_network.config, name), name
 
 
 def test_step_is_pure(any_network: CoordinatewiseLSTM) -> None:
@@ -118,7 +117,8 @@ def test_step_is_pure(any_network: CoordinatewiseLSTM) -> None:
     assert torch.equal(grad, grad_before)
     for name, value in state.items():
         assert torch.equal(value, before[name]), name
-        assert new_state[name].data_ptr() != value.data_ptr(), name
+        # New tensors, or (lstm_every's steps between the LSTM's) the very tensors it left unchanged.
+        assert new_state[name] is value or new_state[name].data_ptr() != value.data_ptr(), name
 
 
 def test_lstm_layers_are_torchs_lstm_cell(any_network: CoordinatewiseLSTM) -> None:
@@ -191,7 +191,7 @@ def test_init_state_is_all_zero_in_the_asked_dtype(any_network: CoordinatewiseLS
     state = any_network.init_state(torch.randn(4), dtype=torch.float64)
     assert set(state) == set(state_names(any_network.config))
     for name, value in state.items():
-        shape = (4, any_network.config.hidden_size) if name[0] in "hc" else (4,)
+        shape = documented_shape((4,), any_network.config, name)
         dtype = torch.float32 if name == "t" else torch.float64  # the step count stays exact
         assert value.shape == shape and value.dtype == dtype and not value.any(), name
 
@@ -218,7 +218,7 @@ def test_direction_magnitude_output_starts_as_a_descent_direction() -> None:
     ("p", 0.0), ("p", float("nan")), ("output_scale", float("inf")), ("output_scale", -1.0),
     ("betas", (1.0,)), ("betas", ()), ("beta_v", -0.1), ("feature_clip", "10"),
     ("warmup_steps", 20), ("warmup_steps", 2.5), ("param_scale_feature", True), ("param_scale_feature", 1),
-    ("param_rms_floor", 0.0),
+    ("param_rms_floor", 0.0), ("lstm_every", 0), ("lstm_every", 4), ("lstm_every", 2.0),
 ])
 def test_config_refuses_bad_fields(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -389,3 +389,49 @@ def test_param_scale_feature_is_the_floored_log_rms_and_is_required() -> None:
         network.head.weight[network.config.num_directions, -1] = 1.0  # the log step size follows the scale
         update, _ = network.step(grad, network.init_state(grad), rms)
     torch.testing.assert_close(update / update[1], torch.tensor([1.0, 1.0, 400.0]))
+
+
+def test_lstm_every_runs_the_lstm_on_every_kth_step_and_applies_its_last_outputs_between() -> None:
+    """With ``lstm_every=3`` the LSTM's state changes only on a coordinate's steps 1, 4, 7, ...; on those steps the
+    update is the plain rule's from the same state, and between them it is the head's stored outputs (``mix``)
+    applied to the fresh features. A coordinate that joined at another step keeps its own rhythm."""
+    form = dict(preprocessing="scale_free", output="momentum_mix", level_feature=True, log_step_feature=True)
+    plain = make_network(seed=2, **form)
+    sparse = CoordinatewiseLSTM(NetworkConfig(**{**SMALL, **form, "lstm_every": 3}))
+    sparse.load_state_dict(plain.state_dict())
+    assert state_names(sparse.config)[-1] == "mix" and "mix" not in state_names(plain.config)
+    torch.manual_seed(0)
+    state = sparse.init_state(torch.zeros(6))
+    assert state["mix"].shape == (6, sparse.config.num_outputs)
+    state["t"][0] = 1.0  # this coordinate is one step ahead: its LSTM runs on steps 3, 6, ... of the loop
+    lstm = [k for k in state if k[0] in "hc"]
+    with torch.no_grad():
+        for t in range(1, 8):
+            grad = torch.randn(6)
+            before = state
+            update, state = sparse.step(grad, before)
+            due = torch.tensor([t % 3 == 0] + [t % 3 == 1] * 5)
+            reference, ref_state = plain.step(grad, {k: v for k, v in before.items() if k != "mix"})
+            x, _ = sparse.features(grad, before)
+            between = sparse._output(before["mix"], x, state)
+            torch.testing.assert_close(update, torch.where(due, reference, between))
+            assert bool((update[1:] != 0).all())  # the stored outputs are the head's, not the zeros they start as
+            head = plain.head(torch.cat([ref_state[lstm[-2]], x], 1))
+            torch.testing.assert_close(state["mix"], torch.where(due[:, None], head, before["mix"]))
+            for k in lstm:
+                torch.testing.assert_close(state[k], torch.where(due[:, None], ref_state[k], before[k]))
+            for k in ref_state:
+                if k not in lstm:  # the features' accumulators advance on every step
+                    torch.testing.assert_close(state[k], ref_state[k])
+
+
+def test_lstm_every_returns_the_state_it_did_not_change() -> None:
+    """On a step where no coordinate's LSTM runs, the rule hands back the LSTM's state tensors themselves, so that
+    the optimizer can skip copying them (most of a cheap step's memory traffic)."""
+    network = make_network(preprocessing="scale_free", output="momentum_mix", lstm_every=2)
+    grad = torch.randn(4)
+    with torch.no_grad():
+        _, state = network.step(grad, network.init_state(grad))
+        _, after = network.step(grad, state)
+    assert all(after[k] is state[k] for k in state if k[0] in "hc" or k == "mix")
+    assert after["m0"] is not state["m0"]

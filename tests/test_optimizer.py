@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from conftest import make_network
+from conftest import documented_shape, make_network
 from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, NetworkConfig, StateDictError, WeightsError
 from torch_lstm_optim.network import state_names
 from torch_lstm_optim.optimizer import default_chunk_size
@@ -101,13 +101,12 @@ def test_state_is_created_lazily_with_shapes_from_numel(any_network: Coordinatew
     optimizer = LSTMOptimizer(params, any_network)
     assert len(optimizer.state) == 0
     run(optimizer, params, range(2))
-    hidden = any_network.config.hidden_size
     for p in params:
         state = optimizer.state[p]
         assert set(state) == set(state_names(any_network.config)) | {"step"}
         assert state["step"] == 2
         for name in state_names(any_network.config):
-            shape = (p.numel(), hidden) if name[0] in "hc" else (p.numel(),)
+            shape = documented_shape((p.numel(),), any_network.config, name)
             assert state[name].shape == shape and state[name].dtype == torch.float32, name
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from conftest import make_network
+from conftest import documented_shape, make_network
 from test_optimizer import roundtrip
 from torch_lstm_optim import LSTMOptimizer
 from torch_lstm_optim.network import state_dtype, state_names
@@ -19,6 +19,7 @@ from torch_lstm_optim.network import state_dtype, state_names
 NETWORKS = {
     "log_sign": make_network(),
     "scale_free": make_network(preprocessing="scale_free", log_rms_feature=True, output="direction_magnitude"),
+    "lstm_every": make_network(preprocessing="scale_free", output="momentum_mix", level_feature=True, lstm_every=3),
 }
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 PROPERTY_SETTINGS = settings(max_examples=25, deadline=None)
@@ -91,7 +92,6 @@ def set_grads(setup: Setup, params: list[nn.Parameter], step: int) -> None:
 def check_consistent(setup: Setup, params: list[nn.Parameter], optimizer: LSTMOptimizer, steps: int) -> None:
     """Each parameter kept its shape and dtype and is finite; each with gradients has a complete, finite state."""
     names = set(state_names(NETWORKS[setup.network].config))
-    hidden = NETWORKS[setup.network].config.hidden_size
     for p, spec in zip(params, specs_of(setup), strict=True):
         assert p.shape == spec.shape and p.dtype == spec.dtype and torch.isfinite(p).all()
         if spec.exponent == "none":
@@ -100,7 +100,7 @@ def check_consistent(setup: Setup, params: list[nn.Parameter], optimizer: LSTMOp
         state = optimizer.state[p]
         assert set(state) == names | {"step"} and state["step"] == steps
         for name in names:
-            shape = (p.numel(), hidden) if name[0] in "hc" else (p.numel(),)
+            shape = documented_shape((p.numel(),), NETWORKS[setup.network].config, name)
             assert state[name].shape == shape, name
             assert state[name].dtype == state_dtype(name, setup.state_dtype), name
             assert torch.isfinite(state[name]).all(), name

@@ -32,7 +32,7 @@ OUTPUTS = ("linear", "direction_magnitude", "momentum_mix")
 # which are the behaviour it was trained with.
 # (param_rms_floor: the first networks with param_scale_feature were trained with Adafactor's 1e-3.)
 ADDED_FIELDS = {"level_feature": False, "level_beta": 0.9, "warmup_steps": 0, "param_scale_feature": False,
-                "param_rms_floor": 1e-3}
+                "param_rms_floor": 1e-3, "lstm_every": 1}
 MOMENT_FLOOR = 1e-30  # added to a bias-corrected EMA of g^2 before its root: gradients below 1e-15 are not told apart
 MAX_HIDDEN_SIZE = 1024
 MAX_LAYERS = 8
@@ -87,6 +87,11 @@ class NetworkConfig:
       step is multiplied by ``min(1, t / warmup_steps)``; 0 for none. The scale-free rules take first steps of
       about 0.015 per coordinate whatever the parameter's size, which throws a layer of smaller weights (a fan-in of
       thousands) far off; the warm-up lets the gradient statistics form first (docs/results.md, "The first steps").
+    - ``lstm_every`` (needs ``momentum_mix``): the LSTM and its head run on a coordinate's steps 1, 1 + K, 1 + 2K,
+      ... (K = ``lstm_every``); the steps between apply the head's last outputs (mixing weights, log size, kappa:
+      the state ``mix``) to the fresh features. The direction still follows every gradient through the momenta, and
+      the size through the level; only the LSTM's corrections are K steps old. Where the LSTM is most of a step's
+      cost (on CPU, 90% at 2 x 20 units), a step costs about 1/K of it plus the features (issue 27).
     """
 
     hidden_size: int = 20
@@ -106,6 +111,7 @@ class NetworkConfig:
     warmup_steps: int = 0
     param_scale_feature: bool = False
     param_rms_floor: float = 1e-2
+    lstm_every: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.betas, (list, tuple)):
@@ -136,6 +142,11 @@ class NetworkConfig:
             raise ValueError("config field 'param_scale_feature' needs preprocessing 'scale_free'")
         if self.warmup_steps and self.preprocessing != "scale_free":
             raise ValueError("config field 'warmup_steps' needs preprocessing 'scale_free' (its step count)")
+        if self.lstm_every < 1:
+            raise ValueError(f"config field 'lstm_every' must be >= 1, found {self.lstm_every}")
+        if self.lstm_every > 1 and self.output != "momentum_mix":
+            raise ValueError("config field 'lstm_every' > 1 needs output 'momentum_mix' (whose head's outputs apply to "
+                             f"fresh features), found output {self.output!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"config field 'warmup_steps' must be >= 0, found {self.warmup_steps}")
         if not 0 <= self.level_beta < 1:
@@ -200,8 +211,17 @@ def state_names(config: NetworkConfig) -> tuple[str, ...]:
     lstm = tuple(f"{k}{layer}" for layer in range(config.num_layers) for k in ("h", "c"))
     if config.preprocessing == "scale_free":
         level = ("u", "r") if config.level_feature else ()
-        return lstm + tuple(f"m{i}" for i in range(len(config.betas))) + ("v", "t") + level
+        mix = ("mix",) if config.lstm_every > 1 else ()
+        return lstm + tuple(f"m{i}" for i in range(len(config.betas))) + ("v", "t") + level + mix
     return lstm
+
+
+def state_width(config: NetworkConfig, name: str) -> tuple[int, ...]:
+    """The shape of state tensor ``name`` per coordinate: ``(H,)`` for the LSTM's ``h``/``c``, ``(outputs,)`` for
+    the head's last outputs ``mix``, ``()`` for the feature accumulators."""
+    if name == "mix":
+        return (config.num_outputs,)
+    return (config.hidden_size,) if name[0] in "hc" else ()
 
 
 def state_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
@@ -212,8 +232,9 @@ def state_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     bfloat16's resolution, so in bfloat16 it could only grow (measured: 30% too high after 3000 steady steps, and
     5.6x too high after the gradients shrank tenfold). The level's moment and peak (``u``, ``r``) go with it, so
     that ``log rho`` is exactly 0 at a peak (a bfloat16 peak could sit below the float32 value it is compared to).
+    The head's last outputs (``mix``) hold a log step size, which bfloat16 would round by up to 3% of the step.
     """
-    if name == "t" or (name in ("v", "u", "r") and dtype.itemsize < 4):
+    if name == "t" or (name in ("v", "u", "r", "mix") and dtype.itemsize < 4):
         return torch.float32
     return dtype
 
@@ -322,8 +343,7 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
 
     def init_state(self, grad: Tensor, dtype: torch.dtype = torch.float32) -> State:
         """Fresh (all-zero) per-coordinate state for a flat gradient ``grad`` of N coordinates."""
-        n, h = grad.numel(), self.config.hidden_size
-        return {name: grad.new_zeros((n, h) if name[0] in "hc" else (n,), dtype=state_dtype(name, dtype))
+        return {name: grad.new_zeros((grad.numel(), *state_width(self.config, name)), dtype=state_dtype(name, dtype))
                 for name in state_names(self.config)}
 
     def features(self, grad: Tensor, state: State, param_rms: Tensor | None = None) -> tuple[Tensor, State]:
@@ -372,6 +392,11 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         dtype = self.layers[0].weight.dtype
         state = {k: v.to(dtype) for k, v in state.items()}
         x, new_state = self.features(grad.to(dtype), state, param_rms)
+        every = self.config.lstm_every
+        due = None if every == 1 else torch.remainder(new_state["t"] - 1, every) == 0
+        if due is not None and not bool(due.any()):  # no coordinate's LSTM runs: the head's last outputs
+            new_state.update({k: state[k] for k in state_names(self.config) if k[0] in "hc" or k == "mix"})
+            return self._output(state["mix"], x, new_state), new_state
         hidden = x
         hs = self.config.hidden_size
         for layer_index, layer in enumerate(self.layers):
@@ -387,13 +412,25 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
             c = f * c + i * (2 * g - 1)
             hidden = o * (2 * torch.sigmoid(2 * c) - 1)
             new_state[f"h{layer_index}"], new_state[f"c{layer_index}"] = hidden, c
-        return self._output(hidden, x, new_state), new_state
+        out = self._head(hidden, x)
+        if due is not None:
+            new_state["mix"] = out
+            if not bool(due.all()):  # coordinates that joined at other steps: only the due ones change
+                for k in state_names(self.config):
+                    if k[0] in "hc" or k == "mix":
+                        new_state[k] = torch.where(due.view(-1, 1), new_state[k], state[k])
+                out = new_state["mix"]
+        return self._output(out, x, new_state), new_state
 
-    def _output(self, hidden: Tensor, x: Tensor, state: State) -> Tensor:
+    def _head(self, hidden: Tensor, x: Tensor) -> Tensor:
+        """The head's outputs from the last layer's ``hidden`` (and, but for ``linear``, the features ``x``)."""
+        return self.head(hidden if self.config.output == "linear" else torch.cat([hidden, x], 1))
+
+    def _output(self, out: Tensor, x: Tensor, state: State) -> Tensor:
+        """The update from the head's outputs ``out`` and the features ``x`` (the direction's ingredients)."""
         cfg = self.config
         if cfg.output == "linear":
-            return self._warmed_up(self.head(hidden).squeeze(1) * cfg.output_scale, state)
-        out = self.head(torch.cat([hidden, x], 1))
+            return self._warmed_up(out.squeeze(1) * cfg.output_scale, state)
         bound, k = cfg.magnitude_bound, cfg.num_directions
         if cfg.output == "direction_magnitude":
             direction, s = out.unbind(1)

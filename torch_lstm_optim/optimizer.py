@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from .network import CoordinatewiseLSTM, NetworkConfig, State, param_rms, state_dtype, state_names
+from .network import CoordinatewiseLSTM, NetworkConfig, State, param_rms, state_dtype, state_names, state_width
 from .weights import StateDictError, WeightsError, load_network
 
 
@@ -283,7 +283,8 @@ class LSTMOptimizer(Optimizer):
         for s in chunk:
             n = s.stop - s.start
             for k in names:
-                s.state[k][s.start:s.stop].copy_(new_state[k][offset:offset + n])
+                if new_state[k] is not state[k]:  # the rule returns what it left unchanged (the LSTM's skipped steps)
+                    s.state[k][s.start:s.stop].copy_(new_state[k][offset:offset + n])
             part = update[offset:offset + n].to(s.flat_param.dtype)
             if isinstance(s.lr, Tensor):  # multiplied on the device: no host read of the lr
                 s.flat_param[s.start:s.stop].add_(part * s.lr)
@@ -367,7 +368,7 @@ class LSTMOptimizer(Optimizer):
                 where = f"state of parameter {index} (shape {tuple(p.shape)}, param group {group_index})"
                 index += 1
                 if saved is not None:
-                    _check_entry(saved, p, names, config.hidden_size, where)
+                    _check_entry(saved, p, names, config, where)
 
     def _check_networks(self, record: object) -> None:
         """Compare the state dict's ``"network"`` record with each group's network; raise naming the group."""
@@ -394,7 +395,7 @@ def _network_record(network: CoordinatewiseLSTM) -> dict[str, Any]:
     return {"config": network.config.to_dict(), "source": None if source is None else asdict(source)}
 
 
-def _check_entry(saved: dict[str, Any], p: Tensor, names: set[str], hidden_size: int, where: str) -> None:
+def _check_entry(saved: dict[str, Any], p: Tensor, names: set[str], config: NetworkConfig, where: str) -> None:
     """Check one parameter's saved state against the network that steps it; raise :class:`StateDictError`."""
     if set(saved) != names | {"step"}:
         raise StateDictError(f"{where} has keys {sorted(saved)}, expected {sorted(names | {'step'})}")
@@ -405,7 +406,7 @@ def _check_entry(saved: dict[str, Any], p: Tensor, names: set[str], hidden_size:
     coordinates = tuple(p.shape) if isinstance(p, DTensor) else (_real(p).numel(),)
     for k in sorted(names):
         v = saved[k]
-        shape = (*coordinates, hidden_size) if k[0] in "hc" else coordinates
+        shape = (*coordinates, *state_width(config, k))
         if not isinstance(v, Tensor) or tuple(v.shape) != shape:
             found = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
             raise StateDictError(f"{where}: entry {k!r} has shape {found}, expected {shape}")

@@ -51,7 +51,8 @@ from .unroll import SINGLE, Networks, Rule, Unroll, advance, as_classes, meta_lo
 
 # Settings that shape the trajectory: resuming with other values would silently make another run. (``iterations``,
 # ``eval_every``, ``threads`` and the like may change between a run and its resumption.)
-RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_warmup_steps", "init_rule", "init_lr",
+RESUME_FIXED = ("task", "task_arg", "param_classes", "init_weights", "init_warmup_steps", "init_lstm_every",
+                "init_rule", "init_lr",
                 "horizon", "truncation", "meta_batch", "meta_lr", "head_lr", "clip", "objective", "seed", "val_split",
                 "val_problems", "val_metric", "curriculum", "patience", "average_decay", "log_floor")
 
@@ -125,6 +126,9 @@ class MetaTrainConfig:
         "help": "with --init-weights: train them with this warm-up instead of their config's warmup_steps (the "
                 "update's first steps scaled by t / N; a rule's early strides are damped without retraining it "
                 "from scratch; iteration 0 is those weights with the new warm-up)"})
+    init_lstm_every: int | None = field(default=None, metadata={
+        "help": "with --init-weights: train them with the LSTM run every N steps instead of their config's lstm_every "
+                "(a cheaper step; iteration 0 is those weights with the new interval)"})
     init_rule: str = field(default="adam", metadata={
         "help": "for a fresh direction_magnitude or momentum_mix network: the classic rule its head starts as, "
                 "'adam' or 'nag'; or 'transplant': with --init-weights of a direction_magnitude network, start the "
@@ -195,6 +199,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[MetaTrainConfig, NetworkC
         parser.error("--init-rule transplant needs --init-weights (the trained weights to start from)")
     if config.init_warmup_steps is not None and (not config.init_weights or config.init_warmup_steps < 0):
         parser.error(f"--init-warmup-steps needs --init-weights and a count >= 0, found {config.init_warmup_steps}")
+    if config.init_lstm_every is not None and (not config.init_weights or config.init_lstm_every < 1):
+        parser.error(f"--init-lstm-every needs --init-weights and a count >= 1, found {config.init_lstm_every}")
     if not config.out.strip():
         parser.error("--out must name a folder")
     if config.push_to_hub is not None:
@@ -389,7 +395,9 @@ def start_networks(config: MetaTrainConfig, network_config: NetworkConfig) -> to
             if config.init_rule == "transplant":
                 network = momentum_mix_from(network, network_config)
             if config.init_warmup_steps is not None:
-                network = with_warmup(network, config.init_warmup_steps)
+                network = with_changes(network, "--init-warmup-steps", warmup_steps=config.init_warmup_steps)
+            if config.init_lstm_every is not None:
+                network = with_changes(network, "--init-lstm-every", lstm_every=config.init_lstm_every)
         else:
             network = CoordinatewiseLSTM(network_config)
             if network_config.output != "linear":
@@ -398,15 +406,15 @@ def start_networks(config: MetaTrainConfig, network_config: NetworkConfig) -> to
     return networks[SINGLE] if not config.param_classes else torch.nn.ModuleDict(networks)
 
 
-def with_warmup(network: CoordinatewiseLSTM, steps: int) -> CoordinatewiseLSTM:
-    """The same weights with ``warmup_steps`` set to ``steps`` (``--init-warmup-steps``); a :class:`WeightsError` if
-    the network's form has no warm-up (it needs the ``scale_free`` preprocessing)."""
+def with_changes(network: CoordinatewiseLSTM, flag: str, **changes: Any) -> CoordinatewiseLSTM:
+    """The same weights with the config fields ``changes`` set (``--init-warmup-steps``, ``--init-lstm-every``); a
+    :class:`WeightsError` naming ``flag`` if the network's form does not allow them."""
     try:
-        warmed = CoordinatewiseLSTM(replace(network.config, warmup_steps=steps))
+        changed = CoordinatewiseLSTM(replace(network.config, **changes))
     except ValueError as error:
-        raise WeightsError(f"--init-warmup-steps {steps}: {error}") from None
-    warmed.load_state_dict(network.state_dict())
-    return warmed
+        raise WeightsError(f"{flag} {' '.join(map(str, changes.values()))}: {error}") from None
+    changed.load_state_dict(network.state_dict())
+    return changed
 
 
 def compiled_rule(model: torch.nn.Module) -> dict[str, Rule]:
