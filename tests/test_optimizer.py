@@ -127,6 +127,15 @@ def test_default_chunk_grows_as_the_rule_narrows(hidden_size: int, expected: int
     assert default_chunk_size(torch.device("meta"), config) == 65536
 
 
+@pytest.mark.parametrize(("hidden_size", "lstm_every", "expected"), [(20, 2, 4096), (20, 8, 16384), (20, 64, 16384),
+                                                                     (1, 8, 65536)])
+def test_default_chunk_grows_as_the_lstm_runs_less_often(hidden_size: int, lstm_every: int, expected: int) -> None:
+    """A rule whose LSTM runs every K steps gets chunks K times larger, up to 16384, never smaller than without."""
+    config = NetworkConfig(hidden_size=hidden_size, preprocessing="scale_free", output="momentum_mix",
+                           lstm_every=lstm_every)
+    assert default_chunk_size(torch.device("cpu"), config) == expected
+
+
 def test_lr_scheduler_scales_the_update(network: CoordinatewiseLSTM) -> None:
     params = make_params()
     optimizer = LSTMOptimizer(params, network, lr=0.8)

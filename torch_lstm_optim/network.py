@@ -358,27 +358,43 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
             log_part = torch.where(big, magnitude.clamp_min(math.exp(-cfg.p)).log() / cfg.p, -1.0)
             sign_part = torch.where(big, grad.sign(), grad * math.exp(cfg.p))
             return torch.stack([log_part, sign_part], 1), {}
+        return self._assemble(self._scale_free(grad, state), param_rms)
+
+    def _assemble(self, parts: tuple[Tensor, Tensor, Tensor | None, State],
+                  param_rms: Tensor | None) -> tuple[Tensor, State]:
+        """``features`` from the parts :meth:`_scale_free` returns: the direction features, then the extras."""
+        cfg = self.config
+        directions, rms, level, acc = parts
+        extras = ([rms.log()] if cfg.log_rms_feature else []) + ([acc["t"].log()] if cfg.log_step_feature else [])
+        if level is not None:
+            extras.append(level)
+        if cfg.param_scale_feature:
+            if param_rms is None:
+                raise ValueError("this network has param_scale_feature: pass the rms of each coordinate's parameter "
+                                 "tensor (step(grad, state, param_rms))")
+            extras.append(param_rms.to(directions.dtype).clamp_min(cfg.param_rms_floor).log())
+        x = torch.cat([directions, torch.stack(extras, 1)], 1) if extras else directions
+        return x, acc
+
+    def _scale_free(self, grad: Tensor, state: State) -> tuple[Tensor, Tensor, Tensor | None, State]:
+        """The ``scale_free`` features the update's direction and size are made of: the direction features
+        ``(N, num_directions)`` (the gradient and its momenta over the rms, clipped), the rms, the level ``log rho``
+        (``None`` without ``level_feature``), and the updated accumulators."""
+        cfg = self.config
         g = _bounded(grad)
         acc = {f"m{i}": torch.lerp(state[f"m{i}"], g, 1 - b) for i, b in enumerate(cfg.betas)}
         acc["v"] = torch.lerp(state["v"], g * g, 1 - cfg.beta_v)
         acc["t"] = t = state["t"] + 1
         rms = _corrected_root(acc["v"], t, cfg.beta_v)
-        x = torch.stack([g] + [acc[f"m{i}"] for i in range(len(cfg.betas))], 1) / rms.unsqueeze(1)
-        x = x.clamp(-cfg.feature_clip, cfg.feature_clip)
-        extras = ([rms.log()] if cfg.log_rms_feature else []) + ([t.log()] if cfg.log_step_feature else [])
+        directions = torch.stack([g] + [acc[f"m{i}"] for i in range(len(cfg.betas))], 1) / rms.unsqueeze(1)
+        directions = directions.clamp(-cfg.feature_clip, cfg.feature_clip)
+        level = None
         if cfg.level_feature:
             acc["u"] = torch.lerp(state["u"], g * g, 1 - cfg.level_beta)
-            level = _corrected_root(acc["u"], t, cfg.level_beta)
-            acc["r"] = torch.maximum(state["r"], level)
-            extras.append(level.log() - acc["r"].log())
-        if cfg.param_scale_feature:
-            if param_rms is None:
-                raise ValueError("this network has param_scale_feature: pass the rms of each coordinate's parameter "
-                                 "tensor (step(grad, state, param_rms))")
-            extras.append(param_rms.to(g.dtype).clamp_min(cfg.param_rms_floor).log())
-        if extras:
-            x = torch.cat([x, torch.stack(extras, 1)], 1)
-        return x, acc
+            root = _corrected_root(acc["u"], t, cfg.level_beta)
+            acc["r"] = torch.maximum(state["r"], root)
+            level = root.log() - acc["r"].log()
+        return directions, rms, level, acc
 
     def step(self, grad: Tensor, state: State, param_rms: Tensor | None = None) -> tuple[Tensor, State]:
         """The update rule: ``update, new_state = net.step(grad, state)`` for a 1-D batch of N coordinates.
@@ -391,12 +407,18 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         """
         dtype = self.layers[0].weight.dtype
         state = {k: v.to(dtype) for k, v in state.items()}
-        x, new_state = self.features(grad.to(dtype), state, param_rms)
         every = self.config.lstm_every
-        due = None if every == 1 else torch.remainder(new_state["t"] - 1, every) == 0
-        if due is not None and not bool(due.any()):  # no coordinate's LSTM runs: the head's last outputs
-            new_state.update({k: state[k] for k in state_names(self.config) if k[0] in "hc" or k == "mix"})
-            return self._output(state["mix"], x, new_state), new_state
+        if every == 1:
+            x, new_state = self.features(grad.to(dtype), state, param_rms)
+            due = None
+        else:
+            parts = self._scale_free(grad.to(dtype), state)
+            directions, _, level, new_state = parts
+            due = torch.remainder(new_state["t"] - 1, every) == 0
+            if not bool(due.any()):  # no coordinate's LSTM runs: the head's last outputs, on the fresh features
+                new_state.update({k: state[k] for k in state_names(self.config) if k[0] in "hc" or k == "mix"})
+                return self._mixed(state["mix"], directions, level, new_state), new_state
+            x, new_state = self._assemble(parts, param_rms)
         hidden = x
         hs = self.config.hidden_size
         for layer_index, layer in enumerate(self.layers):
@@ -431,17 +453,24 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         cfg = self.config
         if cfg.output == "linear":
             return self._warmed_up(out.squeeze(1) * cfg.output_scale, state)
-        bound, k = cfg.magnitude_bound, cfg.num_directions
-        if cfg.output == "direction_magnitude":
-            direction, s = out.unbind(1)
-            if cfg.preprocessing == "scale_free":  # a coordinate that never had a gradient is not moved
-                direction = direction * (state["v"] > 0)
-        else:
-            direction, s = (out[:, :k] * x[:, :k]).sum(1), out[:, k]
-        s = s.clamp(-bound, bound)
-        if cfg.output == "momentum_mix" and cfg.level_feature:  # rho^kappa
-            s = s + torch.sigmoid(out[:, k + 1]) * x[:, cfg.feature_names.index("level")]
+        if cfg.output == "momentum_mix":
+            level = x[:, cfg.feature_names.index("level")] if cfg.level_feature else None
+            return self._mixed(out, x[:, :cfg.num_directions], level, state)
+        direction, s = out.unbind(1)
+        if cfg.preprocessing == "scale_free":  # a coordinate that never had a gradient is not moved
+            direction = direction * (state["v"] > 0)
+        s = s.clamp(-cfg.magnitude_bound, cfg.magnitude_bound)
         return self._warmed_up(direction * torch.exp(s) * cfg.output_scale, state)
+
+    def _mixed(self, out: Tensor, directions: Tensor, level: Tensor | None, state: State) -> Tensor:
+        """``momentum_mix``'s update: ``(sum_k a_k x_k) * exp(clamp(s, -B, B) + kappa log rho) * output_scale``,
+        with ``a``, ``s`` and ``kappa`` the head's outputs ``out`` and ``x`` the direction features."""
+        cfg = self.config
+        k = cfg.num_directions
+        s = out[:, k].clamp(-cfg.magnitude_bound, cfg.magnitude_bound)
+        if level is not None:  # rho^kappa
+            s = s + torch.sigmoid(out[:, k + 1]) * level
+        return self._warmed_up((out[:, :k] * directions).sum(1) * torch.exp(s) * cfg.output_scale, state)
 
     def _warmed_up(self, update: Tensor, state: State) -> Tensor:
         """``update * min(1, t / warmup_steps)``, ``t`` the coordinate's step count (``warmup_steps``)."""
