@@ -74,6 +74,10 @@ CONFIGS = {
     # the third generation's: the parameter's rms as an input (a reduction per parameter) and a warm-up
     "param_scale": NetworkConfig(preprocessing="scale_free", log_step_feature=True, level_feature=True,
                                  param_scale_feature=True, warmup_steps=10, output="momentum_mix", output_scale=0.01),
+    # the same with the LSTM run on every 8th step (lstm_every; issue 27's cheaper step)
+    "param_scale_every8": NetworkConfig(preprocessing="scale_free", log_step_feature=True, level_feature=True,
+                                        param_scale_feature=True, warmup_steps=30, output="momentum_mix",
+                                        output_scale=0.01, lstm_every=8),
 }
 ADAM_BYTES_PER_COORDINATE = 4 + 2 * 4 + 2 * 2 * 4  # read grad; read+write param, exp_avg, exp_avg_sq
 COPY_NUMEL = 1 << 25  # 128 MiB of float32: well beyond any last-level cache
@@ -103,6 +107,9 @@ def flops_per_coordinate(config: NetworkConfig) -> int:
                                      (outputs from [h, x] and bias; K+1 products and K sums of the mix; clamp,
                                       exp, *, *scale; with the level sigmoid, *, +)
         optimizer: 3                 (finiteness check, lr * update, + param)
+
+    With ``lstm_every`` = N > 1 the layers and the head's outputs run on one step in N (averaged here: divided by
+    N, rounded), the mix on every step, plus 3 per step for the check of which coordinates are due.
     """
     h, f = config.hidden_size, config.num_features
     if config.preprocessing == "log_sign":
@@ -113,9 +120,13 @@ def flops_per_coordinate(config: NetworkConfig) -> int:
     layers = sum(8 * h * (n + h) + 18 * h for n in widths)
     features += 14 * config.level_feature
     k, outputs = len(config.betas), config.num_outputs
+    mix = 2 * k + 5 + 3 * config.level_feature
     head = {"linear": 2 * h + 2, "direction_magnitude": 4 * (h + f) + 7,
-            "momentum_mix": 2 * (h + f) * outputs + outputs + 2 * k + 5 + 3 * config.level_feature}[config.output]
-    return features + layers + head + 3
+            "momentum_mix": 2 * (h + f) * outputs + outputs + mix}[config.output]
+    every = config.lstm_every
+    if every == 1:
+        return features + layers + head + 3
+    return features + round((layers + head - mix) / every) + mix + 3 + 3
 
 
 def transcendentals_per_coordinate(config: NetworkConfig) -> tuple[int, int]:
@@ -128,11 +139,16 @@ def bytes_per_coordinate(config: NetworkConfig, state_bytes: int = 4) -> int:
     """Compulsory memory traffic of one coordinate's update: read the gradient (4 bytes), read and write the
     parameter (2 * 4) and every per-coordinate state value (``2 * state_bytes`` each: h and c of every layer, plus
     scale_free's momenta, second moment and step count, and the level's moment and peak). Temporaries of a chunk are
-    not counted: a perfect implementation would keep them in cache."""
-    values = 2 * config.num_layers * config.hidden_size
+    not counted: a perfect implementation would keep them in cache. With ``lstm_every`` = N > 1, h and c are read
+    and written on one step in N (averaged, rounded), the head's stored outputs read on every step (float32)."""
+    lstm = 2 * config.num_layers * config.hidden_size * 2 * state_bytes
+    values = 0
     if config.preprocessing == "scale_free":
         values += len(config.betas) + 2 + 2 * config.level_feature
-    return 4 + 2 * 4 + 2 * state_bytes * values
+    if config.lstm_every == 1:
+        return 4 + 2 * 4 + 2 * state_bytes * values + lstm
+    return 4 + 2 * 4 + 2 * state_bytes * values + round((lstm + 4 * config.num_outputs) / config.lstm_every) \
+        + 4 * config.num_outputs
 
 
 def parse_size(text: str) -> int:
@@ -178,14 +194,18 @@ def timed(fn: Callable[[], object], device: torch.device, clock: Callable[[], fl
 
 
 def step_timer(optimizer: torch.optim.Optimizer, device: torch.device, clock: Callable[[], float],
-               kernel: list[tuple[float, int]]) -> Callable[[], float]:
+               kernel: list[tuple[float, float]]) -> Callable[[], float]:
     """A timer of one step that also appends the step's system CPU seconds and minor page faults to ``kernel``:
-    fresh pages for temporaries that the allocator returned to the OS after the previous chunk show up there."""
+    fresh pages for temporaries that the allocator returned to the OS after the previous chunk show up there.
+    For a rule whose LSTM runs on one step in N (``lstm_every``), one timing is the mean of N steps in a row: every
+    timing then holds exactly one of the LSTM's steps, and the median of timings is the cost of a step on average."""
+    cycle = optimizer.network.config.lstm_every if isinstance(optimizer, LSTMOptimizer) else 1
+
     def run() -> float:
         before = resource.getrusage(resource.RUSAGE_SELF)
-        seconds = timed(optimizer.step, device, clock)
+        seconds = timed(optimizer.step, device, clock, cycle)
         after = resource.getrusage(resource.RUSAGE_SELF)
-        kernel.append((after.ru_stime - before.ru_stime, after.ru_minflt - before.ru_minflt))
+        kernel.append(((after.ru_stime - before.ru_stime) / cycle, (after.ru_minflt - before.ru_minflt) / cycle))
         return seconds
     return run
 
@@ -251,7 +271,7 @@ def measure_size(size: int, kinds: list[str], args: argparse.Namespace, device: 
             before = torch.cuda.memory_allocated(device)
             optimizer.step()
             peak[kind] = torch.cuda.max_memory_allocated(device) - before
-    kernel: dict[str, list[tuple[float, int]]] = {kind: [] for kind in kinds}
+    kernel: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     contenders: list[tuple[str, Callable[[], float]]] = [
         *((kind, step_timer(optimizer, device, clock, kernel[kind])) for kind, optimizer in optimizers.items()),
         *probes.items()]
