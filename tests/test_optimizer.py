@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from conftest import documented_shape, make_network
 from torch_lstm_optim import CoordinatewiseLSTM, LSTMOptimizer, NetworkConfig, StateDictError, WeightsError
 from torch_lstm_optim.network import state_names
+from torch_lstm_optim import optimizer as optimizer_module
 from torch_lstm_optim.optimizer import default_chunk_size
 
 SHAPES = [(3, 4), (5,), (), (2, 3, 2)]
@@ -130,10 +131,24 @@ def test_default_chunk_grows_as_the_rule_narrows(hidden_size: int, expected: int
 @pytest.mark.parametrize(("hidden_size", "lstm_every", "expected"), [(20, 2, 4096), (20, 8, 16384), (20, 64, 16384),
                                                                      (1, 8, 65536)])
 def test_default_chunk_grows_as_the_lstm_runs_less_often(hidden_size: int, lstm_every: int, expected: int) -> None:
-    """A rule whose LSTM runs every K steps gets chunks K times larger, up to 16384, never smaller than without."""
+    """A rule whose LSTM runs every K steps gets chunks K times larger, up to 16384, never smaller than without, and
+    4 times that on the steps between the LSTM's, whose temporaries are the features' alone."""
     config = NetworkConfig(hidden_size=hidden_size, preprocessing="scale_free", output="momentum_mix",
                            lstm_every=lstm_every)
     assert default_chunk_size(torch.device("cpu"), config) == expected
+    assert default_chunk_size(torch.device("cpu"), config, lstm_runs=False) == 4 * expected
+
+
+def test_the_steps_between_the_lstms_take_the_larger_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    network = make_network(preprocessing="scale_free", output="momentum_mix", lstm_every=3)
+    sizes = []
+    chunks = optimizer_module._chunks
+    monkeypatch.setattr(optimizer_module, "_chunks",
+                        lambda segments, size: sizes.append(size) or chunks(segments, size))
+    params = make_params()
+    run(LSTMOptimizer(params, network), params, range(5))
+    small = default_chunk_size(torch.device("cpu"), network.config)
+    assert sizes == [small, 4 * small, 4 * small, small, 4 * small]
 
 
 def test_lr_scheduler_scales_the_update(network: CoordinatewiseLSTM) -> None:
