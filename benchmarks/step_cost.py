@@ -131,8 +131,8 @@ def flops_per_coordinate(config: NetworkConfig) -> int:
 
 def transcendentals_per_coordinate(config: NetworkConfig) -> tuple[int, int]:
     """``(sigmoids, tanhs)`` of one coordinate's update in the LSTM layers: 5H and 0 per layer (the rule takes each
-    tanh as a sigmoid: :meth:`CoordinatewiseLSTM.step`)."""
-    return 5 * config.hidden_size * config.num_layers, 0
+    tanh as a sigmoid: :meth:`CoordinatewiseLSTM.step`), averaged over ``lstm_every`` steps."""
+    return round(5 * config.hidden_size * config.num_layers / config.lstm_every), 0
 
 
 def bytes_per_coordinate(config: NetworkConfig, state_bytes: int = 4) -> int:

@@ -432,13 +432,13 @@ def default_chunk_size(device: torch.device, config: NetworkConfig | None = None
     this gives) took 316 ms at 1M parameters against 514 ms at 2048 (``benchmarks/step_cost.py --chunk-size``;
     docs/performance.md). A rule whose LSTM runs on one step in ``lstm_every`` spends the other steps on the
     features alone, where the per-chunk overhead dominates too, so its chunks are ``lstm_every`` times larger, up to
-    16384: for 2 x 20 units every 8 steps at the MNIST CNN's 1.2M parameters, a step averaged 302, 195, 185 and 190
-    ms at chunks of 2048, 8192, 16384 and 32768, and at 32768 the LSTM's steps sometimes faulted (867 to 1383 ms
-    against 843 to 861). On the steps between (``lstm_runs=False``: no parameter's LSTM is due, judged by the
-    optimizer's step count) a coordinate's temporaries are the features' alone, about 40 float32 values against
-    the LSTM's several hundred, so chunks 4 times larger stay within the same memory: at 8 steps and 1.2M
-    parameters a step between took 78 ms in chunks of 65536 against 91 in chunks of 16384. Results do not depend on
-    the chunk. On accelerators fewer, larger chunks launch fewer kernels.
+    16384, and on the steps between (``lstm_runs=False``: no parameter's LSTM is due, judged by the optimizer's step
+    count), whose temporaries are the features' alone (about 40 float32 values per coordinate against the LSTM's
+    several hundred), 4 times that again. For 2 x 20 units every 8 steps at 1M parameters a step averaged 217, 163
+    and 194 ms with every chunk at 2048, 16384 and 65536 (65536 faulted: 42 ms of system time), and 146 ms with
+    16384 and 65536 between (``benchmarks/step_cost.py --sizes 1M --configs param_scale_every8 --no-memory
+    [--chunk-size N]``). Results do not depend on the chunk. On accelerators fewer, larger chunks launch fewer
+    kernels.
     """
     if device.type != "cpu":
         return 65536
