@@ -90,8 +90,8 @@ class NetworkConfig:
     - ``lstm_every`` (needs ``momentum_mix``): the LSTM and its head run on a coordinate's steps 1, 1 + K, 1 + 2K,
       ... (K = ``lstm_every``); the steps between apply the head's last outputs (mixing weights, log size, kappa:
       the state ``mix``) to the fresh features. The direction still follows every gradient through the momenta, and
-      the size through the level; only the LSTM's corrections are K steps old. Where the LSTM is most of a step's
-      cost (on CPU, 90% at 2 x 20 units), a step costs about 1/K of it plus the features (issue 27).
+      the size through the level; only the LSTM's corrections are up to K - 1 steps old. Where the LSTM is most of a
+      step's cost (on CPU, 90% at 2 x 20 units), a step costs about 1/K of it plus the features (issue 27).
     """
 
     hidden_size: int = 20
@@ -403,11 +403,14 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         a network with ``param_scale_feature`` (callers pass it when the config asks for it).
 
         Pure: returns new tensors and never writes into ``state``, so it runs under autograd (meta-training)
-        and under ``torch.no_grad`` (the optimizer, which copies ``new_state`` back into its buffers).
+        and under ``torch.no_grad`` (the optimizer, which copies ``new_state`` back into its buffers). The one
+        exception is harmless: with ``lstm_every`` > 1, a step on which no coordinate's LSTM runs returns the LSTM's
+        state tensors and ``mix`` themselves, unchanged (the optimizer then skips copying them).
         """
         dtype = self.layers[0].weight.dtype
         state = {k: v.to(dtype) for k, v in state.items()}
         every = self.config.lstm_every
+        held = [k for k in state_names(self.config) if k[0] in "hc" or k == "mix"]  # kept between the LSTM's steps
         if every == 1:
             x, new_state = self.features(grad.to(dtype), state, param_rms)
             due = None
@@ -416,7 +419,7 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
             directions, _, level, new_state = parts
             due = torch.remainder(new_state["t"] - 1, every) == 0
             if not bool(due.any()):  # no coordinate's LSTM runs: the head's last outputs, on the fresh features
-                new_state.update({k: state[k] for k in state_names(self.config) if k[0] in "hc" or k == "mix"})
+                new_state.update({k: state[k] for k in held})
                 return self._mixed(state["mix"], directions, level, new_state), new_state
             x, new_state = self._assemble(parts, param_rms)
         hidden = x
@@ -438,9 +441,7 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         if due is not None:
             new_state["mix"] = out
             if not bool(due.all()):  # coordinates that joined at other steps: only the due ones change
-                for k in state_names(self.config):
-                    if k[0] in "hc" or k == "mix":
-                        new_state[k] = torch.where(due.view(-1, 1), new_state[k], state[k])
+                new_state.update({k: torch.where(due.view(-1, 1), new_state[k], state[k]) for k in held})
                 out = new_state["mix"]
         return self._output(out, x, new_state), new_state
 
