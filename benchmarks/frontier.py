@@ -38,6 +38,7 @@ POINTS = [
      "results/campaign-generalist-v2/suite-session-1-iteration-330.json"),
     ("small 1x8 (generalist-small)", "generalist-small", "results/generalization-small/results.json"),
     ("2x20 every 8th step (generalist-fast)", "generalist-fast", "results/generalization-fast/results.json"),
+    ("2x20 every 16th step (generalist-fast16)", "generalist-fast16", "results/generalization-fast16/results.json"),
 ]
 
 
