@@ -216,6 +216,13 @@ def state_names(config: NetworkConfig) -> tuple[str, ...]:
     return lstm
 
 
+def lstm_due(config: NetworkConfig, t: int | Tensor) -> bool | Tensor:
+    """Whether the LSTM runs on a coordinate's ``t``-th step (counted from 1): steps 1, 1 + K, 1 + 2K, ... for K =
+    ``lstm_every``; elementwise for a tensor of step counts. The one definition of the rhythm, read by the rule and by
+    the optimizer's choice of chunk size."""
+    return (t - 1) % config.lstm_every == 0
+
+
 def state_width(config: NetworkConfig, name: str) -> tuple[int, ...]:
     """The shape of state tensor ``name`` per coordinate: ``(H,)`` for the LSTM's ``h``/``c``, ``(outputs,)`` for
     the head's last outputs ``mix``, ``()`` for the feature accumulators."""
@@ -409,15 +416,14 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         """
         dtype = self.layers[0].weight.dtype
         state = {k: v.to(dtype) for k, v in state.items()}
-        every = self.config.lstm_every
-        held = [k for k in state_names(self.config) if k[0] in "hc" or k == "mix"]  # kept between the LSTM's steps
-        if every == 1:
+        if self.config.lstm_every == 1:
             x, new_state = self.features(grad.to(dtype), state, param_rms)
             due = None
         else:
             parts = self._scale_free(grad.to(dtype), state)
             directions, _, level, new_state = parts
-            due = torch.remainder(new_state["t"] - 1, every) == 0
+            due = lstm_due(self.config, new_state["t"])
+            held = [k for k in state_names(self.config) if k[0] in "hc" or k == "mix"]  # kept between the LSTM's steps
             if not bool(due.any()):  # no coordinate's LSTM runs: the head's last outputs, on the fresh features
                 new_state.update({k: state[k] for k in held})
                 return self._mixed(state["mix"], directions, level, new_state), new_state

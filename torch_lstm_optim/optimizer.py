@@ -27,7 +27,8 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from .network import CoordinatewiseLSTM, NetworkConfig, State, param_rms, state_dtype, state_names, state_width
+from .network import (CoordinatewiseLSTM, NetworkConfig, State, lstm_due, param_rms, state_dtype, state_names,
+                      state_width)
 from .weights import StateDictError, WeightsError, load_network
 
 
@@ -257,9 +258,10 @@ class LSTMOptimizer(Optimizer):
                 copies.append((local, flat))
             segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel(),
                                      _lr_on(group["lr"], device), _param_rms_of(p, network.config)))
-        every = network.config.lstm_every  # the steps between the LSTM's take larger chunks (default_chunk_size)
-        lstm_runs = every == 1 or any((self.state[p]["step"] - 1) % every == 0 for _, p in members)
-        for chunk in _chunks(segments, self.chunk_size or default_chunk_size(device, network.config, lstm_runs)):
+        # The steps between the LSTM's take larger chunks (default_chunk_size), judged by the optimizer's step count.
+        size = self.chunk_size or default_chunk_size(
+            device, network.config, any(lstm_due(network.config, self.state[p]["step"]) for _, p in members))
+        for chunk in _chunks(segments, size):
             self._apply_chunk(chunk, network, rule)
         for local, flat in copies:
             local.copy_(flat.view_as(local))
