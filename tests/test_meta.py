@@ -332,43 +332,32 @@ def test_seeds_whose_training_problems_are_held_out_problems_warn(seed: int, war
     assert [str(w.message).startswith(f"--seed {seed} draws") for w in caught] == ([True] if warns else [])
 
 
-def test_init_warmup_steps_changes_the_warmup_of_the_starting_weights_and_nothing_else(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("flag", "value", "changes", "first_step", "refused_by", "refusal"), [
+    # first step: 1/30 of the rule's update instead of 1/10; a log_sign network has no step count to warm up with
+    ("--init-warmup-steps", "30", dict(warmup_steps=30), 1 / 3, dict(), "config field 'warmup_steps' needs"),
+    # the LSTM runs on step 1 whatever the interval; a direction_magnitude head has no outputs to keep between
+    ("--init-lstm-every", "4", dict(lstm_every=4), 1.0, dict(preprocessing="scale_free"),
+     "config field 'lstm_every' > 1 needs"),
+])
+def test_init_flags_change_one_field_of_the_starting_weights_and_nothing_else(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, changes: dict,
+        first_step: float, refused_by: dict, refusal: str) -> None:
     source = make_network(seed=3, preprocessing="scale_free", output="momentum_mix", warmup_steps=10)
     source.save_pretrained(tmp_path / "w")
     config, network_config = parse_args(["--task", "quadratic", "--init-weights", str(tmp_path / "w"),
-                                         "--init-warmup-steps", "30", "--out", str(tmp_path / "out")])
+                                         flag, value, "--out", str(tmp_path / "out")])
     started = start_networks(config, network_config)
-    assert started.config == dataclasses.replace(source.config, warmup_steps=30)
+    assert started.config == dataclasses.replace(source.config, **changes)
     assert all(torch.equal(a, b) for a, b in zip(started.state_dict().values(), source.state_dict().values()))
     grad = torch.randn(50)
     with torch.no_grad():
         ours, theirs = started.step(grad, started.init_state(grad))[0], source.step(grad, source.init_state(grad))[0]
-    torch.testing.assert_close(ours, theirs / 3)  # first step: 1/30 of the rule's update instead of 1/10
+    torch.testing.assert_close(ours, theirs * first_step)
     with pytest.raises(SystemExit):
-        parse_args(["--task", "quadratic", "--init-warmup-steps", "30"])
-    assert "--init-warmup-steps needs --init-weights" in capsys.readouterr().err
-    make_network(seed=3).save_pretrained(tmp_path / "paper")  # log_sign: no step count to warm up with
-    config, network_config = parse_args(["--task", "quadratic", "--init-weights", str(tmp_path / "paper"),
-                                         "--init-warmup-steps", "30", "--out", str(tmp_path / "out")])
-    with pytest.raises(WeightsError, match="--init-warmup-steps 30: config field 'warmup_steps' needs"):
-        start_networks(config, network_config)
-
-
-def test_init_lstm_every_changes_the_interval_of_the_starting_weights_and_nothing_else(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    source = make_network(seed=3, preprocessing="scale_free", output="momentum_mix", warmup_steps=10)
-    source.save_pretrained(tmp_path / "w")
-    config, network_config = parse_args(["--task", "quadratic", "--init-weights", str(tmp_path / "w"),
-                                         "--init-lstm-every", "4", "--out", str(tmp_path / "out")])
-    started = start_networks(config, network_config)
-    assert started.config == dataclasses.replace(source.config, lstm_every=4)
-    assert all(torch.equal(a, b) for a, b in zip(started.state_dict().values(), source.state_dict().values()))
-    with pytest.raises(SystemExit):
-        parse_args(["--task", "quadratic", "--init-lstm-every", "4"])
-    assert "--init-lstm-every needs --init-weights" in capsys.readouterr().err
-    make_network(seed=3, preprocessing="scale_free").save_pretrained(tmp_path / "dm")  # no head outputs to keep
-    config, network_config = parse_args(["--task", "quadratic", "--init-weights", str(tmp_path / "dm"),
-                                         "--init-lstm-every", "4", "--out", str(tmp_path / "out")])
-    with pytest.raises(WeightsError, match="--init-lstm-every 4: config field 'lstm_every' > 1 needs"):
+        parse_args(["--task", "quadratic", flag, value])
+    assert f"{flag} needs --init-weights" in capsys.readouterr().err
+    make_network(seed=3, **refused_by).save_pretrained(tmp_path / "refused")
+    config, network_config = parse_args(["--task", "quadratic", "--init-weights", str(tmp_path / "refused"),
+                                         flag, value, "--out", str(tmp_path / "out")])
+    with pytest.raises(WeightsError, match=f"{flag} {value}: {refusal}"):
         start_networks(config, network_config)
