@@ -141,30 +141,14 @@ def test_default_chunk_grows_as_the_lstm_runs_less_often(hidden_size: int, lstm_
 
 def test_the_steps_between_the_lstms_take_the_larger_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     network = make_network(preprocessing="scale_free", output="momentum_mix", lstm_every=3)
-    calls = []
+    sizes = []
     chunks = optimizer_module._chunks
     monkeypatch.setattr(optimizer_module, "_chunks",
-                        lambda segments, size, alone: calls.append((size, alone)) or chunks(segments, size, alone))
+                        lambda segments, size: sizes.append(size) or chunks(segments, size))
     params = make_params()
     run(LSTMOptimizer(params, network), params, range(5))
     small = default_chunk_size(torch.device("cpu"), network.config)
-    assert calls == [(small, False), (4 * small, True), (4 * small, True), (small, False), (4 * small, True)]
-
-
-def test_alone_a_large_parameter_shares_no_chunk() -> None:
-    """On the steps between the LSTM's, a chunk of several parameters would gather their LSTM state only to hand it
-    back, so a parameter of a chunk's size or more gets chunks of its own; the small ones still share."""
-    def layout(sizes: list[int], alone: bool) -> list[list[tuple[int, int, int]]]:
-        segments = [optimizer_module._Segment(torch.zeros(n), torch.zeros(n), {}, 0, n, 1.0, None) for n in sizes]
-        index = {id(s.flat_param): i for i, s in enumerate(segments)}
-        return [[(index[id(s.flat_param)], s.start, s.stop - s.start) for s in chunk]
-                for chunk in optimizer_module._chunks(segments, 8, alone)]
-
-    assert layout([3, 20, 5, 2], alone=False) == [[(0, 0, 3), (1, 0, 5)], [(1, 5, 8)], [(1, 13, 7), (2, 0, 1)],
-                                                  [(2, 1, 4), (3, 0, 2)]]
-    assert layout([3, 20, 5, 2], alone=True) == [[(0, 0, 3)], [(1, 0, 8)], [(1, 8, 8)], [(1, 16, 4)],
-                                                 [(2, 0, 5), (3, 0, 2)]]
-    assert layout([3, 8, 2], alone=True) == [[(0, 0, 3)], [(1, 0, 8)], [(2, 0, 2)]]
+    assert sizes == [small, 4 * small, 4 * small, small, 4 * small]
 
 
 def test_lr_scheduler_scales_the_update(network: CoordinatewiseLSTM) -> None:

@@ -390,15 +390,14 @@ class CoordinatewiseLSTM(nn.Module, PyTorchModelHubMixin, library_name="torch_ls
         cfg = self.config
         g = _bounded(grad)
         acc = {f"m{i}": torch.lerp(state[f"m{i}"], g, 1 - b) for i, b in enumerate(cfg.betas)}
-        square = g * g
-        acc["v"] = torch.lerp(state["v"], square, 1 - cfg.beta_v)
+        acc["v"] = torch.lerp(state["v"], g * g, 1 - cfg.beta_v)
         acc["t"] = t = state["t"] + 1
         rms = _corrected_root(acc["v"], t, cfg.beta_v)
         directions = torch.stack([g] + [acc[f"m{i}"] for i in range(len(cfg.betas))], 1) / rms.unsqueeze(1)
         directions = directions.clamp(-cfg.feature_clip, cfg.feature_clip)
         level = None
         if cfg.level_feature:
-            acc["u"] = torch.lerp(state["u"], square, 1 - cfg.level_beta)
+            acc["u"] = torch.lerp(state["u"], g * g, 1 - cfg.level_beta)
             root = _corrected_root(acc["u"], t, cfg.level_beta)
             acc["r"] = torch.maximum(state["r"], root)
             level = root.log() - acc["r"].log()

@@ -258,12 +258,10 @@ class LSTMOptimizer(Optimizer):
                 copies.append((local, flat))
             segments.append(_Segment(flat, grad, _local_coordinates(state, p), 0, local.numel(),
                                      _lr_on(group["lr"], device), _param_rms_of(p, network.config)))
-        # The steps between the LSTM's take larger chunks (default_chunk_size), judged by the optimizer's step count,
-        # and there a large parameter shares no chunk: a chunk of several parameters gathers their LSTM state, which
-        # such a step only hands back.
-        lstm_runs = any(lstm_due(network.config, self.state[p]["step"]) for _, p in members)
-        size = self.chunk_size or default_chunk_size(device, network.config, lstm_runs)
-        for chunk in _chunks(segments, size, alone=not lstm_runs):
+        # The steps between the LSTM's take larger chunks (default_chunk_size), judged by the optimizer's step count.
+        size = self.chunk_size or default_chunk_size(
+            device, network.config, any(lstm_due(network.config, self.state[p]["step"]) for _, p in members))
+        for chunk in _chunks(segments, size):
             self._apply_chunk(chunk, network, rule)
         for local, flat in copies:
             local.copy_(flat.view_as(local))
@@ -455,20 +453,16 @@ def default_chunk_size(device: torch.device, config: NetworkConfig | None = None
     return chunk if lstm_runs else 4 * chunk
 
 
-def _chunks(segments: list[_Segment], size: int, alone: bool = False) -> Iterable[list[_Segment]]:
-    """Cut parameters into runs of at most ``size`` coordinates; small parameters share a chunk. With ``alone``, a
-    parameter of ``size`` coordinates or more shares none: its pieces are chunks of their own."""
+def _chunks(segments: list[_Segment], size: int) -> Iterable[list[_Segment]]:
+    """Cut parameters into runs of at most ``size`` coordinates; small parameters share a chunk."""
     chunk, filled = [], 0
     for segment in segments:
-        if alone and segment.stop >= size and chunk:
-            yield chunk
-            chunk, filled = [], 0
         start = 0
         while start < segment.stop:
             take = min(size - filled, segment.stop - start)
             chunk.append(replace(segment, start=start, stop=start + take))
             start, filled = start + take, filled + take
-            if filled == size or (alone and segment.stop >= size and start == segment.stop):
+            if filled == size:
                 yield chunk
                 chunk, filled = [], 0
     if chunk:
